@@ -1,0 +1,400 @@
+"""The Distiller: a frozen teacher, a student and composable distillation terms, as a Keras model.
+
+Formula:
+    loss = w_student · L_task(y, s(x)) + Σ_i w_i(step) · L_i(t_i(x), s_i(x), y, T_i(step))
+
+Each `L_i` is a `DistillationTerm` (T² scaling lives inside the terms that soften), `t_i`/`s_i` are
+the teacher/student outputs the term declares, and weights and temperatures may be schedules. With
+`w_student = 1 − α` and a single term of weight `α` this is Hinton's `(1−α)·task + α·T²·KD`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+from kd_keras import schedules
+from kd_keras.terms import DistillationTerm
+
+_PACKAGE = "kd_keras"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Distiller(keras.Model):
+    """Trains `student` to match `teacher` through distillation terms, and to fit the labels.
+
+    The API mirrors Keras 3's `keras.distillation.Distiller` on tf_keras, so the student can go
+    straight to TF-MOT. `call` returns the student's output; `distiller.student` is the deployable
+    model. The teacher is frozen here and always runs in inference mode; its weights never change.
+
+    Args:
+        teacher: a functional or sequential tf_keras model, or `None` for offline KD, where each
+            training example carries the teacher's cached outputs: `(x, y, teacher_outputs)`.
+        student: the tf_keras model being trained (functional for pruning/QAT later).
+        distillation_losses: one `DistillationTerm` or a list of them.
+        distillation_loss_weights: one weight (number or `Schedule`) per term; default 1 each.
+        student_loss_weight: weight (number or `Schedule`) of the task loss given to `compile`.
+        teacher_output_shape: offline only: shape of one cached teacher output, without the batch.
+
+    Metrics: `student_loss`, `distillation_loss`, `total_loss` (alias `loss`), one
+    `<term>_loss` per term when there are several, and `<term>_temperature` for terms with one.
+
+    Example:
+        >>> distiller = Distiller(teacher, student, LogitsDistillation(temperature=4.0),
+        ...                       distillation_loss_weights=0.9, student_loss_weight=0.1)
+        >>> distiller.compile("adam", loss=keras.losses.SparseCategoricalCrossentropy(True),
+        ...                   metrics=["accuracy"])
+        >>> distiller.fit(x, y, epochs=3)
+        >>> distiller.student.save("student.keras")
+    """
+
+    def __init__(
+        self,
+        teacher: keras.Model | None,
+        student: keras.Model,
+        distillation_losses: DistillationTerm | Sequence[DistillationTerm],
+        distillation_loss_weights: Sequence[float | schedules.Schedule] | float | None = None,
+        student_loss_weight: float | schedules.Schedule = 0.5,
+        teacher_output_shape: Sequence[int | None] | None = None,
+        name: str = "distiller",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        terms = (
+            [distillation_losses]
+            if isinstance(distillation_losses, DistillationTerm)
+            else list(distillation_losses)
+        )
+        if not terms:
+            raise ValueError("Expected at least one distillation term. Received: [].")
+        for term in terms:
+            if not isinstance(term, DistillationTerm):
+                raise TypeError(
+                    "Expected each distillation loss to be a kd_keras DistillationTerm. "
+                    f"Received: {term!r}."
+                )
+        if len({term.name for term in terms}) != len(terms):
+            raise ValueError(
+                "Distillation terms need distinct names. "
+                f"Received: names={[term.name for term in terms]}."
+            )
+        weights = _as_weight_list(distillation_loss_weights, len(terms))
+        _check_model("student", student)
+        if teacher is not None:
+            _check_model("teacher", teacher)
+            teacher.trainable = False
+        elif teacher_output_shape is None:
+            raise ValueError(
+                "Offline distillation (teacher=None) needs the shape of the cached teacher "
+                "outputs, "
+                "e.g. teacher_output_shape=cache.output_shape. Received: teacher_output_shape=None."
+            )
+
+        self.teacher = teacher
+        self.student = student
+        self.distillation_losses = terms
+        self.distillation_loss_weights = weights
+        self.student_loss_weight = schedules.get(student_loss_weight)
+        self.teacher_output_shape = (
+            None if teacher_output_shape is None else tf.TensorShape([None, *teacher_output_shape])
+        )
+        self.student_loss = None
+        self.distillation_step = tf.Variable(
+            0, dtype=tf.int64, trainable=False, name="distillation_step"
+        )
+        self._student_features = _feature_model(student, [t.student_layer for t in terms])
+        self._teacher_features = (
+            None if teacher is None else _feature_model(teacher, [t.teacher_layer for t in terms])
+        )
+        self._build_terms()
+
+        self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
+        self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
+        self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+        self.term_loss_trackers = (
+            [keras.metrics.Mean(name=f"{t.name}_loss") for t in terms] if len(terms) > 1 else []
+        )
+        self.temperature_trackers = [
+            keras.metrics.Mean(name=f"{t.name}_temperature") if t.temperature is not None else None
+            for t in terms
+        ]
+
+    # === Set-up ===
+
+    def _build_terms(self) -> None:
+        names = [t.student_layer for t in self.distillation_losses]
+        student_shapes = self._student_features.output_shape
+        student_sources = _sources(self.student, names)
+        for index, term in enumerate(self.distillation_losses):
+            if self.teacher is None:
+                if term.teacher_layer is not None:
+                    raise ValueError(
+                        f"Term {term.name!r} reads teacher layer {term.teacher_layer!r}, which an "
+                        "offline cache of final teacher outputs cannot provide. Pass the teacher "
+                        "model, or use only final-output terms. Received: teacher=None."
+                    )
+                teacher_shape, teacher_source = self.teacher_output_shape, None
+            else:
+                teacher_shape = tf.TensorShape(self._teacher_features.output_shape[index])
+                teacher_source = _sources(self.teacher, [term.teacher_layer])[0]
+            term.build_for(
+                teacher_shape,
+                tf.TensorShape(student_shapes[index]),
+                teacher_source,
+                student_sources[index],
+            )
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """As `keras.Model.compile`; `loss` is the student's task loss on `(y, student(x))`.
+
+        `loss=None` trains on the distillation terms only (the student weight is then ignored).
+        Metrics are computed on the student's predictions.
+        """
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+        self.student_loss = None if loss is None else _per_example_loss(loss)
+
+    # === Forward ===
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def _distillation(self, x, y, teacher_outputs, training):
+        """Student output, per-example student loss, per-example term losses and temperatures."""
+        student_outputs = _as_list(self._student_features(x, training=training))
+        if teacher_outputs is None:
+            teacher_outputs = _as_list(self._teacher_features(x, training=False))
+        else:
+            teacher_outputs = [teacher_outputs] * len(self.distillation_losses)
+        step = self.distillation_step
+        student_prediction = self.student(x, training=training) if _needs_call(self) else None
+        prediction = student_outputs[-1] if student_prediction is None else student_prediction
+        term_losses, temperatures = [], []
+        for index, term in enumerate(self.distillation_losses):
+            temperature = None if term.temperature is None else term.temperature(step)
+            teacher_out = tf.stop_gradient(teacher_outputs[index])
+            term_losses.append(term.compute(teacher_out, student_outputs[index], y, temperature))
+            temperatures.append(temperature)
+        student_loss = None
+        if self.student_loss is not None and y is not None:
+            student_loss = _reduce_to_batch(self.student_loss(y, prediction))
+        return prediction, student_loss, term_losses, temperatures
+
+    def _combined(self, student_loss, term_losses):
+        step = self.distillation_step
+        distillation = tf.add_n(
+            [w(step) * loss for w, loss in zip(self.distillation_loss_weights, term_losses)]
+        )
+        if student_loss is None:
+            return distillation, distillation
+        return self.student_loss_weight(step) * student_loss + distillation, distillation
+
+    def train_step(self, data):
+        x, y, teacher_outputs = self._unpack(data)
+        with tf.GradientTape() as tape:
+            prediction, student_loss, term_losses, temperatures = self._distillation(
+                x, y, teacher_outputs, training=True
+            )
+            total, distillation = self._combined(student_loss, term_losses)
+            # Average over the global batch so gradients summed across replicas are the mean.
+            loss = tf.nn.compute_average_loss(total)
+            if self.student.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.student.losses))
+        variables = self.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return self._update_metrics(
+            y, prediction, student_loss, term_losses, temperatures, total, distillation
+        )
+
+    def test_step(self, data):
+        x, y, teacher_outputs = self._unpack(data)
+        prediction, student_loss, term_losses, temperatures = self._distillation(
+            x, y, teacher_outputs, training=False
+        )
+        total, distillation = self._combined(student_loss, term_losses)
+        return self._update_metrics(
+            y, prediction, student_loss, term_losses, temperatures, total, distillation
+        )
+
+    def predict_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        return self.student(x, training=False)
+
+    def _unpack(self, data):
+        if not isinstance(data, tuple):
+            data = (data,)
+        if self.teacher is None:
+            if len(data) != 3:
+                raise ValueError(
+                    "A Distiller without a teacher trains offline: each element must be "
+                    "(x, y, teacher_outputs), e.g. from kd_keras.offline.offline_dataset. "
+                    f"Received: an element with {len(data)} parts."
+                )
+            return data
+        if len(data) > 2:
+            raise ValueError(
+                "Sample weights are not supported by the Distiller; with a teacher each element "
+                f"must be (x, y) or x. Received: an element with {len(data)} parts."
+            )
+        x, y = data if len(data) == 2 else (data[0], None)
+        return x, y, None
+
+    def _update_metrics(
+        self, y, prediction, student_loss, term_losses, temperatures, total, distillation
+    ):
+        self.total_loss_tracker.update_state(total)
+        self.distillation_loss_tracker.update_state(distillation)
+        if student_loss is not None:
+            self.student_loss_tracker.update_state(student_loss)
+        for tracker, loss in zip(self.term_loss_trackers, term_losses):
+            tracker.update_state(loss)
+        for tracker, temperature in zip(self.temperature_trackers, temperatures):
+            if tracker is not None:
+                tracker.update_state(temperature)
+        if y is not None:
+            self.compiled_metrics.update_state(y, prediction)
+        results = {m.name: m.result() for m in self.metrics}
+        results["loss"] = results["total_loss"]
+        return results
+
+    @property
+    def metrics(self):
+        trackers = [self.total_loss_tracker, self.student_loss_tracker]
+        trackers += [self.distillation_loss_tracker, *self.term_loss_trackers]
+        trackers += [t for t in self.temperature_trackers if t is not None]
+        compiled = self.compiled_metrics.metrics if self.compiled_metrics is not None else []
+        return trackers + list(compiled)
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        """As `keras.Model.fit`; adds `UpdateDistillationStep` when missing, for the schedules."""
+        callbacks = list(callbacks or [])
+        if not any(isinstance(c, schedules.UpdateDistillationStep) for c in callbacks):
+            callbacks.insert(0, schedules.UpdateDistillationStep())
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # === Config ===
+
+    def get_config(self):
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "teacher": None if self.teacher is None else serialize(self.teacher),
+            "student": serialize(self.student),
+            "distillation_losses": [serialize(t) for t in self.distillation_losses],
+            "distillation_loss_weights": [
+                schedules.serialize(w) for w in self.distillation_loss_weights
+            ],
+            "student_loss_weight": schedules.serialize(self.student_loss_weight),
+            "teacher_output_shape": None
+            if self.teacher_output_shape is None
+            else self.teacher_output_shape.as_list()[1:],
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        deserialize = keras.saving.deserialize_keras_object
+        config = dict(config)
+        for key in ("teacher", "student"):
+            if config.get(key) is not None:
+                config[key] = deserialize(config[key], custom_objects=custom_objects)
+        config["distillation_losses"] = [
+            deserialize(t, custom_objects=custom_objects) for t in config["distillation_losses"]
+        ]
+        config["distillation_loss_weights"] = [
+            schedules.get(w) for w in config["distillation_loss_weights"]
+        ]
+        config["student_loss_weight"] = schedules.get(config["student_loss_weight"])
+        return cls(**config)
+
+
+def _check_model(role: str, model) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Expected the {role} to be a tf_keras model (import tf_keras as keras). A Keras 3 "
+            f"model cannot be pruned or quantized by TF-MOT. Received: {role}={type(model)!r}."
+        )
+    if not getattr(model, "_is_graph_network", False):
+        raise TypeError(
+            f"Expected the {role} to be a functional or Sequential tf_keras model, so its layers "
+            f"can be read and it can be pruned and quantized. Received: {role}={type(model)!r}, "
+            "a subclassed model. Rebuild it with keras.Model(inputs, outputs)."
+        )
+
+
+def _layer(model: keras.Model, layer_name: str) -> keras.layers.Layer:
+    try:
+        return model.get_layer(layer_name)
+    except ValueError:
+        names = [layer.name for layer in model.layers]
+        raise ValueError(
+            f"Model {model.name!r} has no layer {layer_name!r}. Its layers are: {names}. "
+            f"Received: layer_name={layer_name!r}."
+        ) from None
+
+
+def _sources(model: keras.Model, layer_names: Sequence[str | None]) -> list:
+    """The layer producing each requested output (the model's last layer for `None`)."""
+    sources = []
+    for name in layer_names:
+        if name is not None:
+            sources.append(_layer(model, name))
+        else:
+            output_layer = model.outputs[0].node.layer if len(model.outputs) == 1 else None
+            sources.append(output_layer)
+    return sources
+
+
+def _feature_model(model: keras.Model, layer_names: Sequence[str | None]) -> keras.Model:
+    """A model sharing `model`'s weights that returns each named layer's output, then the output."""
+    if len(model.outputs) != 1 and any(name is None for name in layer_names):
+        raise ValueError(
+            f"Model {model.name!r} has {len(model.outputs)} outputs; name the layer each term "
+            "reads "
+            "with teacher_layer=/student_layer=. Received: a term with layer None."
+        )
+    outputs = [
+        model.outputs[0] if name is None else _layer(model, name).output for name in layer_names
+    ]
+    outputs.append(model.outputs[0] if len(model.outputs) == 1 else model.outputs)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def _needs_call(distiller: Distiller) -> bool:
+    """The feature model already returns the student's final output as its last element."""
+    return len(distiller.student.outputs) != 1
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+def _as_weight_list(weights, count: int) -> list[schedules.Schedule]:
+    if weights is None:
+        return [schedules.Constant(1.0)] * count
+    if not isinstance(weights, list | tuple):
+        weights = [weights]
+    if len(weights) != count:
+        raise ValueError(
+            f"Expected one distillation weight per term ({count}). "
+            f"Received: distillation_loss_weights={weights!r}."
+        )
+    return [schedules.get(w) for w in weights]
+
+
+def _per_example_loss(loss):
+    """A callable `(y, y_pred) -> per-example loss` from a Loss object, a function or a name."""
+    if isinstance(loss, keras.losses.Loss):
+        config = loss.get_config()
+        config["reduction"] = keras.losses.Reduction.NONE
+        return type(loss).from_config(config)
+    if isinstance(loss, str) or callable(loss):
+        return keras.losses.get(loss)
+    raise TypeError(f"Expected a Keras loss, a loss function or its name. Received: loss={loss!r}.")
+
+
+def _reduce_to_batch(values: tf.Tensor) -> tf.Tensor:
+    if values.shape.rank is not None and values.shape.rank > 1:
+        return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
+    return values

@@ -1,0 +1,221 @@
+"""Distillation losses: pure functions on tensors plus thin `keras.losses.Loss` wrappers.
+
+Every function returns one value per example (shape `[batch]`), so callers choose the reduction;
+under a `tf.distribute` strategy the Distiller averages them over the global batch.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras as keras
+
+_LOG_EPSILON = 1e-12
+OUTPUT_KINDS = ("logits", "probabilities")
+
+
+def _as_log_probs(outputs: tf.Tensor, kind: str, temperature: tf.Tensor) -> tf.Tensor:
+    """Log of the softened distribution `softmax(z / T)` for logits or probabilities.
+
+    Probabilities are turned back into logits with `log(p)`, so a probability teacher softened with
+    temperature `T` gives `p^(1/T) / sum(p^(1/T))`, the same distribution as its logits would.
+    """
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"Expected outputs kind in {OUTPUT_KINDS}. Received: kind={kind!r}.")
+    outputs = tf.cast(outputs, tf.float32)
+    if kind == "probabilities":
+        outputs = tf.math.log(tf.maximum(outputs, _LOG_EPSILON))
+    return tf.nn.log_softmax(outputs / temperature, axis=-1)
+
+
+def soft_target_kl(
+    teacher_outputs: tf.Tensor,
+    student_logits: tf.Tensor,
+    temperature: float | tf.Tensor = 1.0,
+    teacher_kind: str = "logits",
+) -> tf.Tensor:
+    """Hinton soft-target KL divergence, scaled by T².
+
+    Formula:
+        p_t = softmax(z_t / T),  log p_s = log_softmax(z_s / T)
+        loss = T² · Σ_k p_t[k] · (log p_t[k] − log p_s[k])
+
+    The T² factor keeps the gradient magnitude of the soft term independent of T (Hinton, Vinyals
+    and Dean, "Distilling the Knowledge in a Neural Network", 2015). Log-probabilities come from
+    `log_softmax`, so logits of ±1e4 and large T stay finite.
+
+    Args:
+        teacher_outputs: `[batch, classes]` teacher logits, or probabilities if
+            `teacher_kind="probabilities"`.
+        student_logits: `[batch, classes]` student logits.
+        temperature: softening temperature T > 0.
+        teacher_kind: `"logits"` or `"probabilities"`.
+
+    Returns:
+        `[batch]` loss per example.
+
+    Example:
+        >>> soft_target_kl(tf.constant([[2.0, 0.0]]), tf.constant([[2.0, 0.0]]), 4.0)  # -> [0.]
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    log_p_teacher = _as_log_probs(teacher_outputs, teacher_kind, temperature)
+    log_p_student = _as_log_probs(student_logits, "logits", temperature)
+    p_teacher = tf.exp(log_p_teacher)
+    kl = tf.reduce_sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
+    return temperature**2 * kl
+
+
+def soft_target_cross_entropy(
+    teacher_outputs: tf.Tensor,
+    student_logits: tf.Tensor,
+    temperature: float | tf.Tensor = 1.0,
+    teacher_kind: str = "logits",
+) -> tf.Tensor:
+    """Soft-target cross-entropy, scaled by T².
+
+    Formula:
+        loss = −T² · Σ_k softmax(z_t / T)[k] · log_softmax(z_s / T)[k]
+
+    Equals `soft_target_kl` plus T² times the teacher's entropy, which does not depend on the
+    student: the gradients are the same, the reported value is offset (Hinton et al., 2015).
+
+    Args:
+        teacher_outputs: `[batch, classes]` teacher logits or probabilities.
+        student_logits: `[batch, classes]` student logits.
+        temperature: softening temperature T > 0.
+        teacher_kind: `"logits"` or `"probabilities"`.
+
+    Returns:
+        `[batch]` loss per example.
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    p_teacher = tf.exp(_as_log_probs(teacher_outputs, teacher_kind, temperature))
+    log_p_student = _as_log_probs(student_logits, "logits", temperature)
+    return -(temperature**2) * tf.reduce_sum(p_teacher * log_p_student, axis=-1)
+
+
+def binary_soft_target_kl(
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
+    temperature: float | tf.Tensor = 1.0,
+) -> tf.Tensor:
+    """Per-element binary (sigmoid) KD, scaled by T² and averaged over all non-batch axes.
+
+    Formula:
+        q_t = σ(z_t / T),  q_s = σ(z_s / T)
+        loss = T² · mean_i [ q_t·(log q_t − log q_s) + (1 − q_t)·(log(1 − q_t) − log(1 − q_s)) ]
+
+    Each output (a heatmap pixel and class, or a multi-label class) is its own Bernoulli
+    distribution; softening the logits before the sigmoid is the "early distribution softening" of
+    heatmap KD. With T = 1 it is the plain binary KL between teacher and student sigmoids.
+
+    Args:
+        teacher_logits: teacher pre-sigmoid outputs, any shape `[batch, ...]`.
+        student_logits: student pre-sigmoid outputs, same shape.
+        temperature: softening temperature T > 0.
+
+    Returns:
+        `[batch]` loss per example.
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    zt = tf.cast(teacher_logits, tf.float32) / temperature
+    zs = tf.cast(student_logits, tf.float32) / temperature
+    q_teacher = tf.sigmoid(zt)
+    # log σ(z) = −softplus(−z), log(1 − σ(z)) = −softplus(z): finite for any z.
+    kl = q_teacher * (tf.nn.softplus(-zs) - tf.nn.softplus(-zt)) + (1.0 - q_teacher) * (
+        tf.nn.softplus(zs) - tf.nn.softplus(zt)
+    )
+    return temperature**2 * _mean_over_non_batch_axes(kl)
+
+
+def hint_l2(teacher_features: tf.Tensor, student_features: tf.Tensor) -> tf.Tensor:
+    """FitNet hint loss: mean squared distance between (adapted) student and teacher features.
+
+    Formula:
+        loss = mean_i (f_s[i] − f_t[i])²
+
+    The student features are expected to be already mapped to the teacher's width by an adapter
+    (Romero et al., "FitNets: Hints for Thin Deep Nets", 2015).
+
+    Returns:
+        `[batch]` loss per example.
+    """
+    diff = tf.cast(student_features, tf.float32) - tf.cast(teacher_features, tf.float32)
+    return _mean_over_non_batch_axes(tf.square(diff))
+
+
+def hint_cross_entropy(
+    teacher_features: tf.Tensor,
+    student_features: tf.Tensor,
+    temperature: float | tf.Tensor = 1.0,
+) -> tf.Tensor:
+    """Knowledge pre-regression: cross-entropy between channel-softmax-normalised features.
+
+    Formula:
+        p_t = softmax(f_t / T) over channels,  log p_s = log_softmax(f_s / T) over channels
+        loss = −T² · mean_positions Σ_c p_t[c] · log p_s[c]
+
+    Normalising both feature maps with a softmax over the channel axis makes the hint insensitive
+    to the feature scale of each network (the cross-entropy "pre-regression" variant of hint
+    learning). Positions are every index of the non-batch, non-channel axes.
+
+    Returns:
+        `[batch]` loss per example.
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    p_teacher = tf.nn.softmax(tf.cast(teacher_features, tf.float32) / temperature, axis=-1)
+    log_p_student = tf.nn.log_softmax(tf.cast(student_features, tf.float32) / temperature, axis=-1)
+    per_position = -tf.reduce_sum(p_teacher * log_p_student, axis=-1, keepdims=True)
+    return temperature**2 * _mean_over_non_batch_axes(per_position)
+
+
+def _mean_over_non_batch_axes(values: tf.Tensor) -> tf.Tensor:
+    rank = values.shape.rank
+    if rank is not None and rank <= 1:
+        return values
+    return tf.reduce_mean(tf.reshape(values, [tf.shape(values)[0], -1]), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class SoftTargetKL(keras.losses.Loss):
+    """`keras.losses.Loss` around `soft_target_kl`; `y_true` holds the teacher's outputs."""
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        teacher_kind: str = "logits",
+        reduction: str = keras.losses.Reduction.AUTO,
+        name: str = "soft_target_kl",
+    ):
+        super().__init__(reduction=reduction, name=name)
+        self.temperature = temperature
+        self.teacher_kind = teacher_kind
+
+    def call(self, y_true, y_pred):
+        return soft_target_kl(y_true, y_pred, self.temperature, self.teacher_kind)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "teacher_kind": self.teacher_kind,
+        }
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class BinarySoftTargetKL(keras.losses.Loss):
+    """`keras.losses.Loss` around `binary_soft_target_kl`; `y_true` holds the teacher's logits."""
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        reduction: str = keras.losses.Reduction.AUTO,
+        name: str = "binary_soft_target_kl",
+    ):
+        super().__init__(reduction=reduction, name=name)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        return binary_soft_target_kl(y_true, y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -1,0 +1,80 @@
+"""Small functional CNN classifiers for teachers and students, sized by width and depth."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tf_keras as keras
+
+BASE_FILTERS = (32, 64, 128)
+
+
+def build_cnn_classifier(
+    input_shape: Sequence[int],
+    num_classes: int,
+    width_multiplier: float = 1.0,
+    depth_multiplier: int = 1,
+    base_filters: Sequence[int] = BASE_FILTERS,
+    dropout: float = 0.0,
+    name: str = "cnn",
+) -> keras.Model:
+    """A VGG-like functional classifier that outputs logits.
+
+    Each stage has `depth_multiplier` blocks of 3×3 conv + BatchNorm (momentum 0.9, so short
+    runs on small datasets end with usable statistics) + ReLU with
+    `round(filters · width_multiplier)` channels, then a 2×2 max-pool (skipped when the map is
+    already 1 pixel wide). A global average pool gives the `features` layer (a hint point for
+    `FeatureDistillation`); a dense layer named `logits` gives the class scores (no softmax).
+    Every layer is supported by TF-MOT pruning and 8-bit quantization.
+
+    Args:
+        input_shape: `(height, width, channels)`.
+        num_classes: number of output logits.
+        width_multiplier: scales every stage's channel count (> 0).
+        depth_multiplier: conv blocks per stage (>= 1).
+        base_filters: channels of each stage at width 1.
+        dropout: dropout rate before the logits.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+    """
+    if width_multiplier <= 0:
+        raise ValueError(f"Expected width_multiplier > 0. Received: {width_multiplier=}.")
+    if depth_multiplier < 1:
+        raise ValueError(f"Expected depth_multiplier >= 1. Received: {depth_multiplier=}.")
+    if num_classes < 1:
+        raise ValueError(f"Expected num_classes >= 1. Received: {num_classes=}.")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    size = min(input_shape[0], input_shape[1])
+    for stage, filters in enumerate(base_filters):
+        channels = max(4, int(round(filters * width_multiplier)))
+        for block in range(depth_multiplier):
+            prefix = f"stage{stage + 1}_block{block + 1}"
+            x = keras.layers.Conv2D(
+                channels, 3, padding="same", use_bias=False, name=f"{prefix}_conv"
+            )(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn")(x)
+            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+        if size >= 2:
+            x = keras.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
+            size //= 2
+    x = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_teacher(input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
+    """The default teacher: width 2, two blocks per stage."""
+    kwargs = {"width_multiplier": 2.0, "depth_multiplier": 2, "name": "teacher", **kwargs}
+    return build_cnn_classifier(input_shape, num_classes, **kwargs)
+
+
+def build_student(input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
+    """The default student: width 0.25, one block per stage."""
+    kwargs = {"width_multiplier": 0.25, "depth_multiplier": 1, "name": "student", **kwargs}
+    return build_cnn_classifier(input_shape, num_classes, **kwargs)

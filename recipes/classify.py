@@ -1,0 +1,382 @@
+"""`python -m recipes.classify`: teacher, scratch student and distilled student, side by side.
+
+With no arguments it runs on scikit-learn's bundled digits. `--data DIR` takes an image folder
+with one subfolder per class; `--teacher PATH` a saved `.keras` teacher; `--classes 0,3,7` trains
+a student for a subset of the teacher's classes; `--offline` distills from cached teacher outputs.
+Every option is also a config key (`--config FILE`, `--set key=value`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tf_keras as keras
+import yaml
+
+from kd_keras import config as config_lib
+from kd_keras import data as data_lib
+from kd_keras import offline, schedules
+from kd_keras.distiller import Distiller
+from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
+from kd_keras.models import build_cnn_classifier
+from kd_keras.profile import profile_model
+from kd_keras.report import format_table
+from kd_keras.subset import ClassSubset, parse_classes, save_class_mapping
+from kd_keras.terms import FeatureDistillation, LogitsDistillation
+
+ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    width: float = 1.0
+    depth: int = 1
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        config_lib.check(self.width > 0, "width", "> 0", self.width)
+        config_lib.check(self.depth >= 1, "depth", ">= 1", self.depth)
+        config_lib.check(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+    """How the student learns from the teacher.
+
+    `temperature` is the starting temperature; with a `schedule` other than constant it moves to
+    `final_temperature` over the whole training. `alpha` weighs the soft term:
+    `(1 − alpha)·CE + alpha·T²·KD`. `hint_weight > 0` adds a FitNet hint on the `features` layer.
+    """
+
+    temperature: float = 4.0
+    schedule: ScheduleName = "constant"
+    final_temperature: float = 1.0
+    alpha: float = 0.9
+    loss: Literal["kl", "soft_ce"] = "kl"
+    hint_weight: float = 0.0
+    hint_loss: Literal["l2", "cross_entropy"] = "l2"
+
+    def __post_init__(self):
+        config_lib.check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
+        config_lib.check(
+            self.final_temperature > 0, "distill.final_temperature", "> 0", self.final_temperature
+        )
+        config_lib.check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
+        config_lib.check(self.hint_weight >= 0, "distill.hint_weight", ">= 0", self.hint_weight)
+
+    def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
+        start, end = self.temperature, self.final_temperature
+        if self.schedule == "constant":
+            return schedules.Constant(start)
+        if self.schedule == "step":
+            return schedules.Step([max(1, total_steps // 2)], [start, end])
+        return schedules.SCHEDULES[self.schedule](start, end, max(1, total_steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+    """Everything `recipes.classify` does; defaults reproduce the built-in digits run."""
+
+    data: str | None = None
+    image_size: int = 32
+    channels: int = 3
+    teacher: str | None = None
+    classes: tuple[int, ...] | None = None
+    offline: bool = False
+    augment: bool = False
+    epochs: int = 30
+    teacher_epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 0.002
+    test_fraction: float = 0.25
+    seed: int = 0
+    output_dir: str = "runs/classify"
+    teacher_model: ModelSize = ModelSize(width=2.0, depth=1, dropout=0.3)
+    student_model: ModelSize = ModelSize(width=0.25, depth=1)
+    distill: DistillSettings = DistillSettings()
+
+    def __post_init__(self):
+        config_lib.check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        config_lib.check(self.teacher_epochs >= 1, "teacher_epochs", ">= 1", self.teacher_epochs)
+        config_lib.check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        config_lib.check(
+            0 < self.test_fraction < 1, "test_fraction", "in (0, 1)", self.test_fraction
+        )
+        config_lib.check(self.image_size >= 8, "image_size", ">= 8", self.image_size)
+        config_lib.check(self.channels in (1, 3), "channels", "1 or 3", self.channels)
+        if self.offline and self.augment:
+            raise config_lib.ConfigError(
+                "offline=true cannot be combined with augment=true: the cached teacher outputs "
+                "describe un-augmented images, so they would be stale. Drop one of them. "
+                "Received: offline=True, augment=True."
+            )
+
+
+def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
+    """Command line to a validated config: YAML file, then `--set`, then the named options."""
+    parser = argparse.ArgumentParser(prog="python -m recipes.classify", description=__doc__)
+    parser.add_argument("--config", help="YAML config file (keys as in ClassifyConfig)")
+    parser.add_argument("--data", help="image folder, one subfolder per class (default: digits)")
+    parser.add_argument("--teacher", help="saved .keras teacher (default: train one)")
+    parser.add_argument("--classes", help="teacher classes for the student, e.g. 0,3,7")
+    parser.add_argument("--offline", action="store_true", default=None, help="cache the teacher")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--alpha", type=float)
+    parser.add_argument("--schedule", help="constant, linear, cosine, exponential or step")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--output-dir", dest="output_dir")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    args = parser.parse_args(argv)
+
+    data = config_lib.load_yaml(args.config) if args.config else {}
+    data = config_lib.apply_overrides(data, args.set)
+    named = {
+        "data": args.data,
+        "teacher": args.teacher,
+        "classes": None if args.classes is None else list(parse_classes(args.classes)),
+        "offline": args.offline,
+        "epochs": args.epochs,
+        "output_dir": args.output_dir,
+        "distill.temperature": args.temperature,
+        "distill.alpha": args.alpha,
+        "distill.schedule": args.schedule,
+    }
+    overrides = [f"{key}={yaml.safe_dump(value).strip()}" for key, value in named.items()]
+    data = config_lib.apply_overrides(
+        data, [o for o, v in zip(overrides, named.values()) if v is not None]
+    )
+    return config_lib.from_dict(ClassifyConfig, data)
+
+
+# === Stages ===
+
+
+def load_data(config: ClassifyConfig) -> tuple[data_lib.ImageDataset, data_lib.ImageDataset]:
+    if config.data is None:
+        dataset = data_lib.load_digits()
+    else:
+        dataset = data_lib.load_image_folder(config.data, config.image_size, config.channels)
+    train, test = dataset.split(config.test_fraction, config.seed)
+    return train, test
+
+
+def load_teacher(path: str, dataset: data_lib.ImageDataset) -> keras.Model:
+    """Loads a `.keras` teacher in safe mode and checks it fits the data."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".keras":
+        raise ValueError(
+            "Expected --teacher to be an existing .keras file saved with tf_keras. "
+            f"Received: teacher={str(path)!r}."
+        )
+    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    expected = tuple(teacher.input_shape[1:])
+    if expected != dataset.input_shape:
+        raise ValueError(
+            f"The teacher expects inputs of shape {expected} but the data has "
+            f"{dataset.input_shape}. Set image_size/channels to match. Received: teacher={path}."
+        )
+    return teacher
+
+
+def _compile(model: keras.Model, config: ClassifyConfig, loss=True) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _fit(model, dataset, epochs: int, checkpoint_dir: Path) -> float:
+    """Fits with a resumable backup; returns wall-clock seconds."""
+    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=epochs, callbacks=[backup], verbose=0)
+    return time.perf_counter() - start
+
+
+def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, subset=None) -> float:
+    logits = model.predict(x, batch_size=256, verbose=0)
+    if subset is not None:
+        logits = logits[:, list(subset.class_indices)]
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def run(config: ClassifyConfig) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
+    output = Path(config.output_dir)
+    keras.utils.set_random_seed(config.seed)
+    train, test = load_data(config)
+    teacher = load_teacher(config.teacher, train) if config.teacher else None
+    teacher_classes = teacher.output_shape[-1] if teacher is not None else train.num_classes
+    subset = None
+    if config.classes is not None:
+        subset = ClassSubset(config.classes, tuple(train.class_names))
+        if max(subset.class_indices) >= teacher_classes:
+            raise ValueError(
+                f"--classes asks for class {max(subset.class_indices)}, but the teacher has "
+                f"{teacher_classes} classes. Received: classes={list(config.classes)}."
+            )
+    elif teacher is not None and teacher_classes != train.num_classes:
+        raise ValueError(
+            f"The teacher predicts {teacher_classes} classes but the data has "
+            f"{train.num_classes} ({', '.join(train.class_names)}). Pass --classes to distill "
+            f"a subset, or a teacher trained on these classes. Received: teacher={config.teacher}."
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
+
+    augmentation = data_lib.random_shift(1, config.seed) if config.augment else None
+    rows = []
+    teacher_seconds = None
+    if teacher is None:
+        teacher = build_cnn_classifier(
+            train.input_shape,
+            train.num_classes,
+            config.teacher_model.width,
+            config.teacher_model.depth,
+            dropout=config.teacher_model.dropout,
+            name="teacher",
+        )
+        _compile(teacher, config)
+        full = data_lib.training_dataset(
+            train.x, train.y, config.batch_size, config.seed, augmentation
+        )
+        teacher_seconds = _fit(teacher, full, config.teacher_epochs, output / "checkpoints/teacher")
+        atomic_save_model(teacher, output / "teacher.keras")
+
+    x_train, y_train, x_test, y_test = train.x, train.y, test.x, test.y
+    if subset is not None:
+        x_train, y_train = subset.select(train.x, train.y)
+        x_test, y_test = subset.select(test.x, test.y)
+    num_classes = subset.num_classes if subset else train.num_classes
+    rows.append(_row("teacher", teacher, x_test, y_test, teacher_seconds, subset))
+
+    def new_student(name: str) -> keras.Model:
+        size = config.student_model
+        return build_cnn_classifier(
+            train.input_shape, num_classes, size.width, size.depth, dropout=size.dropout, name=name
+        )
+
+    keras.utils.set_random_seed(config.seed + 1)
+    scratch = new_student("student_scratch")
+    _compile(scratch, config)
+    labelled = data_lib.training_dataset(
+        x_train, y_train, config.batch_size, config.seed, augmentation
+    )
+    seconds = _fit(scratch, labelled, config.epochs, output / "checkpoints/student_scratch")
+    atomic_save_model(scratch, output / "student_scratch.keras")
+    rows.append(_row("student (scratch)", scratch, x_test, y_test, seconds))
+
+    keras.utils.set_random_seed(config.seed + 1)
+    student = new_student("student")
+    distiller, dataset = _distiller(
+        config, teacher, student, subset, x_train, y_train, augmentation, output
+    )
+    seconds = _fit(distiller, dataset, config.epochs, output / "checkpoints/student_distilled")
+    student_path = atomic_save_model(student, output / "student.keras")
+    if subset is not None:
+        save_class_mapping(student_path, subset)
+    rows.append(_row("student (distilled)", student, x_test, y_test, seconds))
+
+    report = {
+        "task": "classification",
+        "data": config.data or "sklearn digits (built-in)",
+        "classes": None if subset is None else subset.to_json(),
+        "train_examples": int(len(x_train)),
+        "test_examples": int(len(x_test)),
+        "rows": rows,
+        "artifacts": {
+            "teacher": str(output / "teacher.keras") if config.teacher is None else config.teacher,
+            "student": str(student_path),
+            "student_scratch": str(output / "student_scratch.keras"),
+        },
+    }
+    atomic_write_json(output / "report.json", report)
+    return report
+
+
+def _distiller(config, teacher, student, subset, x_train, y_train, augmentation, output):
+    settings = config.distill
+    steps = config.epochs * int(np.ceil(len(x_train) / config.batch_size))
+    terms = [
+        LogitsDistillation(
+            temperature=settings.temperature_schedule(steps),
+            loss=settings.loss,
+            teacher_class_indices=None if subset is None else subset.class_indices,
+            name="logits_kd",
+        )
+    ]
+    weights = [settings.alpha]
+    if settings.hint_weight > 0:
+        terms.append(
+            FeatureDistillation("features", "features", loss=settings.hint_loss, name="hint")
+        )
+        weights.append(settings.hint_weight)
+    if config.offline:
+        cache = offline.compute_teacher_outputs(teacher, x_train)
+        offline.save_teacher_cache(cache, output / "teacher_cache")
+        distiller = Distiller(
+            None,
+            student,
+            terms,
+            weights,
+            1 - settings.alpha,
+            teacher_output_shape=cache.output_shape,
+        )
+        dataset = offline.offline_dataset(
+            x_train, y_train, cache, config.batch_size, seed=config.seed
+        )
+    else:
+        distiller = Distiller(teacher, student, terms, weights, 1 - settings.alpha)
+        dataset = data_lib.training_dataset(
+            x_train, y_train, config.batch_size, config.seed, augmentation
+        )
+    _compile(distiller, config)
+    return distiller, dataset
+
+
+def _row(name, model, x, y, seconds, subset=None) -> dict:
+    profile = profile_model(model)
+    return {
+        "model": name,
+        "accuracy": _accuracy(model, x, y, subset),
+        "params": profile.params,
+        "flops": profile.flops,
+        "size_bytes": profile.size_bytes,
+        "train_seconds": None if seconds is None else round(seconds, 2),
+    }
+
+
+COLUMNS = [
+    ("model", "model", ""),
+    ("accuracy", "accuracy", ".4f"),
+    ("params", "params", ","),
+    ("flops", "FLOPs", ","),
+    ("size_bytes", "size (bytes)", ","),
+    ("train_seconds", "train (s)", ".1f"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+        report = run(config)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report["rows"], COLUMNS))
+    print(f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from kd_keras import config as config_lib
+from kd_keras.models import build_cnn_classifier
+from kd_keras.subset import load_class_mapping
+from recipes import classify
+
+FAST = ["--epochs", "2", "--set", "teacher_epochs=3", "--set", "teacher_model.width=0.5"]
+CONFIGS = Path(classify.__file__).parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("classify")
+    assert classify.main([*FAST, "--output-dir", str(output)]) == 0
+    return output
+
+
+@pytest.mark.slow
+def test_default_run_reports_three_models(default_run):
+    report = json.loads((default_run / "report.json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    assert list(rows) == ["teacher", "student (scratch)", "student (distilled)"]
+    assert rows["teacher"]["accuracy"] > 0.6  # ten classes: chance is 0.1
+    for row in rows.values():
+        assert 0.0 <= row["accuracy"] <= 1.0
+    assert rows["student (distilled)"]["params"] == rows["student (scratch)"]["params"]
+    assert rows["student (distilled)"]["params"] * 3 < rows["teacher"]["params"]
+    assert rows["student (distilled)"]["flops"] < rows["teacher"]["flops"]
+    student = keras.models.load_model(default_run / "student.keras")
+    assert student.output_shape == (None, 10)
+    saved = classify.parse_config(["--config", str(default_run / "config.yaml")])
+    assert saved.epochs == 2 and saved.teacher_epochs == 3
+
+
+@pytest.mark.slow
+def test_task_specified_offline_run_with_given_teacher(default_run, tmp_path):
+    teacher = str(default_run / "teacher.keras")
+    args = [*FAST, "--teacher", teacher, "--classes", "0,3,7", "--offline"]
+    assert classify.main([*args, "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["classes"]["teacher_class_indices"] == [0, 3, 7]
+    assert report["test_examples"] < 0.4 * 450
+    student = keras.models.load_model(tmp_path / "student.keras")
+    assert student.output_shape == (None, 3)
+    assert load_class_mapping(tmp_path / "student.keras").class_indices == (0, 3, 7)
+    assert (tmp_path / "teacher_cache" / "outputs.npy").is_file()
+    assert not (tmp_path / "teacher.keras").exists()  # the given teacher is not retrained
+
+
+def test_shipped_config_equals_defaults():
+    config = classify.parse_config(["--config", str(CONFIGS / "classify_digits.yaml")])
+    assert config == classify.ClassifyConfig()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "epoch=3"], "Unknown config key 'epoch'. Allowed keys: augment, batch_size"),
+        (["--schedule", "hot"], "Allowed values: 'constant', 'linear', 'cosine'"),
+        (["--alpha", "1.5"], "Expected distill.alpha in [0, 1]"),
+        (["--offline", "--set", "augment=true"], "cannot be combined with augment=true"),
+        (["--teacher", "missing.keras"], "Expected --teacher to be an existing .keras file"),
+        (["--classes", "0,x"], "Expected comma-separated class indices"),
+        (["--classes", "0,12"], "Class 12 does not exist"),
+        (["--data", "no/such/folder"], "Image folder not found"),
+    ],
+)
+def test_bad_options_fail_before_training(args, message, tmp_path, capsys):
+    assert classify.main([*args, "--output-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_teacher_class_mismatch_fails_before_training(tmp_path, capsys):
+    teacher = build_cnn_classifier((8, 8, 1), 5, 0.25, name="teacher")
+    teacher.save(tmp_path / "teacher5.keras")
+    code = classify.main(
+        ["--teacher", str(tmp_path / "teacher5.keras"), "--output-dir", str(tmp_path / "o")]
+    )
+    assert code == 2
+    assert "The teacher predicts 5 classes but the data has 10" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_image_folder_run_shape_check(tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((9, 9, 3), i * 30, np.uint8)).save(
+                tmp_path / "imgs" / name / f"{i}.png"
+            )
+    teacher = build_cnn_classifier((8, 8, 1), 2, 0.25, name="teacher")
+    teacher.save(tmp_path / "t.keras")
+    args = ["--data", str(tmp_path / "imgs"), "--teacher", str(tmp_path / "t.keras")]
+    assert classify.main([*args, "--output-dir", str(tmp_path / "o")]) == 2
+    assert "The teacher expects inputs of shape (8, 8, 1) but the data has (32, 32, 3)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_config_error_type():
+    with pytest.raises(config_lib.ConfigError):
+        classify.parse_config(["--set", "distill.temperature=0"])
