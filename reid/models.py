@@ -1,0 +1,144 @@
+"""Re-identification networks: backbone, pooling, BNNeck embedding and an identity classifier.
+
+    image ─► backbone ─► global pool ─► Dense `features` ─► BN `embedding` ─► Dense `logits`
+                                          (triplet loss)      (deployed)        (ID loss, training)
+
+The BNNeck (Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identification",
+2019) puts the triplet loss on the features before the batch norm and the identity loss after it;
+the normalized `embedding` is what a robot computes and compares. The training model has two
+outputs, `[features, logits]`; `embedding_model(model)` is the deployable model (embedding only).
+
+Two backbones, both made of layers TF-MOT can prune and quantize:
+- `"resnet"`: ResNet-like stages of basic residual blocks (3×3 conv, BN, ReLU, identity or 1×1
+  projection shortcut);
+- `"mobile"`: MobileNet-like depthwise-separable blocks, lighter for the same width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tf_keras as keras
+
+BACKBONES = ("resnet", "mobile")
+STAGE_FILTERS = (32, 64, 128)
+FEATURES, EMBEDDING, LOGITS = "features", "embedding", "logits"
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
+    x = keras.layers.Conv2D(
+        filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _residual_block(x, filters: int, stride: int, name: str):
+    shortcut = x
+    y = _conv_bn(x, filters, 3, stride, f"{name}_a")
+    y = _conv_bn(y, filters, 3, 1, f"{name}_b", relu=False)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", relu=False)
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _separable_block(x, filters: int, stride: int, name: str):
+    x = keras.layers.DepthwiseConv2D(
+        3, stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
+    )(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_dw_bn")(x)
+    x = keras.layers.ReLU(name=f"{name}_dw_relu")(x)
+    return _conv_bn(x, filters, 1, 1, f"{name}_pw")
+
+
+def build_backbone(
+    inputs,
+    backbone: str = "resnet",
+    width: float = 1.0,
+    blocks_per_stage: int = 1,
+    stage_filters: Sequence[int] = STAGE_FILTERS,
+):
+    """The feature map of a `"resnet"` or `"mobile"` backbone on `inputs`.
+
+    A 3×3 stem conv (stride 1), then one stage per entry of `stage_filters` (channels scaled by
+    `width`, at least 4); every stage but the first starts with a stride-2 block.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"Expected backbone in {BACKBONES}. Received: backbone={backbone!r}.")
+    if width <= 0:
+        raise ValueError(f"Expected width > 0. Received: width={width!r}.")
+    if blocks_per_stage < 1:
+        raise ValueError(f"Expected blocks_per_stage >= 1. Received: {blocks_per_stage=}.")
+    channels = [max(4, int(round(f * width))) for f in stage_filters]
+    x = _conv_bn(inputs, channels[0], 3, 1, "stem")
+    block = _residual_block if backbone == "resnet" else _separable_block
+    for stage, filters in enumerate(channels):
+        for index in range(blocks_per_stage):
+            stride = 2 if stage > 0 and index == 0 else 1
+            x = block(x, filters, stride, f"stage{stage + 1}_block{index + 1}")
+    return x
+
+
+def build_reid_model(
+    input_shape: Sequence[int],
+    num_identities: int,
+    backbone: str = "resnet",
+    width: float = 1.0,
+    embedding_dim: int = 64,
+    blocks_per_stage: int = 1,
+    name: str = "reid",
+) -> keras.Model:
+    """A training model with outputs `[features, logits]` (see the module docstring).
+
+    Args:
+        input_shape: `(height, width, 3)`.
+        num_identities: training identities (classifier outputs).
+        backbone: `"resnet"` or `"mobile"`.
+        width: channel multiplier of the backbone.
+        embedding_dim: size of `features` and `embedding`.
+        blocks_per_stage: blocks per backbone stage.
+        name: model name.
+
+    Returns:
+        A functional model; layers `features`, `embedding` and `logits` are named as above.
+
+    Example:
+        >>> model = build_reid_model((64, 32, 3), 751, backbone="mobile", embedding_dim=32)
+        >>> encoder = embedding_model(model)  # image -> 32-d embedding
+    """
+    if num_identities < 2:
+        raise ValueError(f"Expected num_identities >= 2. Received: {num_identities=}.")
+    if embedding_dim < 1:
+        raise ValueError(f"Expected embedding_dim >= 1. Received: {embedding_dim=}.")
+    # === Functional Model ===
+    inputs = keras.Input(tuple(input_shape), name="image")
+    x = build_backbone(inputs, backbone, width, blocks_per_stage)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    features = keras.layers.Dense(embedding_dim, name=FEATURES)(x)
+    embedding = keras.layers.BatchNormalization(momentum=0.9, name=EMBEDDING)(features)
+    logits = keras.layers.Dense(num_identities, use_bias=False, name=LOGITS)(embedding)
+    return keras.Model(inputs, [features, logits], name=name)
+
+
+def embedding_model(model: keras.Model, name: str | None = None) -> keras.Model:
+    """The deployable encoder: `model`'s input to its `embedding` layer, sharing weights.
+
+    Works on a training model from `build_reid_model` and on one wrapped by TF-MOT (whose
+    layers keep their names inside `prune_low_magnitude` / `quant_` wrappers).
+    """
+    layer = _find_layer(model, EMBEDDING)
+    return keras.Model(model.inputs, layer.output, name=name or f"{model.name}_embedding")
+
+
+def _find_layer(model: keras.Model, layer_name: str) -> keras.layers.Layer:
+    for candidate in (layer_name, f"prune_low_magnitude_{layer_name}", f"quant_{layer_name}"):
+        try:
+            return model.get_layer(candidate)
+        except ValueError:
+            continue
+    raise ValueError(
+        f"Model {model.name!r} has no {layer_name!r} layer; expected a model built by "
+        f"reid.models.build_reid_model. Its layers are: {[lay.name for lay in model.layers]}. "
+        f"Received: model={model.name!r}."
+    )
