@@ -1,0 +1,1 @@
+"""Keypoint (CenterNet-style) object detection: models, COCO data, evaluation and distillation."""
