@@ -161,12 +161,13 @@ class Distiller(keras.Model):
         return self.student(inputs, training=training)
 
     def _distillation(self, x, y, teacher_outputs, training):
-        """Student output, per-example student loss, per-example term losses and temperatures."""
+        """Student output, per-example student loss, per-example term losses and temperatures.
+
+        `teacher_outputs` is the list from `_teacher_outputs`, a cached output, or `None`.
+        """
         student_outputs = _as_list(self._student_features(x, training=training))
-        if teacher_outputs is None:
-            teacher_outputs = _as_list(self._teacher_features(x, training=False))
-        else:
-            teacher_outputs = [teacher_outputs] * len(self.distillation_losses)
+        if not isinstance(teacher_outputs, list):
+            teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         step = self.distillation_step
         student_prediction = self.student(x, training=training) if _needs_call(self) else None
         prediction = student_outputs[-1] if student_prediction is None else student_prediction
@@ -181,6 +182,12 @@ class Distiller(keras.Model):
             student_loss = _reduce_to_batch(self.student_loss(y, prediction))
         return prediction, student_loss, term_losses, temperatures
 
+    def _teacher_outputs(self, x, cached=None) -> list:
+        """One teacher output per term: from the cache offline, else one inference-mode pass."""
+        if cached is not None:
+            return [cached] * len(self.distillation_losses)
+        return _as_list(self._teacher_features(x, training=False))
+
     def _combined(self, student_loss, term_losses):
         step = self.distillation_step
         distillation = tf.add_n(
@@ -192,6 +199,8 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, teacher_outputs = self._unpack(data)
+        # The frozen teacher runs outside the tape: nothing of it is recorded for backprop.
+        teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         with tf.GradientTape() as tape:
             prediction, student_loss, term_losses, temperatures = self._distillation(
                 x, y, teacher_outputs, training=True
