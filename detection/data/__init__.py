@@ -1,0 +1,32 @@
+"""COCO-format detection data: validated loading, a built-in dataset, augmentation, tf.data."""
+
+from detection.data.augmentation import apply_augmentation, build_augmentation
+from detection.data.coco_dataset import (
+    AnnotationError,
+    AnnotationIssue,
+    CocoDataset,
+    ImageRecord,
+    load_coco_dataset,
+)
+from detection.data.pipeline import detection_dataset, load_images, read_image
+from detection.data.synthetic_shapes import (
+    CLASS_NAMES,
+    ensure_shapes_dataset,
+    generate_shapes_dataset,
+)
+
+__all__ = [
+    "CLASS_NAMES",
+    "AnnotationError",
+    "AnnotationIssue",
+    "CocoDataset",
+    "ImageRecord",
+    "apply_augmentation",
+    "build_augmentation",
+    "detection_dataset",
+    "ensure_shapes_dataset",
+    "generate_shapes_dataset",
+    "load_coco_dataset",
+    "load_images",
+    "read_image",
+]

@@ -1,0 +1,118 @@
+"""tf.data input pipeline: read, resize, augment and encode CenterNet targets in parallel.
+
+Images are decoded with OpenCV (which releases the GIL) inside `tf.numpy_function`, mapped with
+`num_parallel_calls=AUTOTUNE` and prefetched, so the CPU stays busy while the model trains. Small
+datasets are decoded and resized once and kept in memory (`cache_images`).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from detection.centernet.centernet_targets import encode_targets
+from detection.data.augmentation import apply_augmentation, build_augmentation
+from detection.data.coco_dataset import CocoDataset, ImageRecord
+
+# Keep decoded images in memory when they fit in this many bytes.
+CACHE_LIMIT_BYTES = 512 * 1024 * 1024
+
+
+def read_image(record: ImageRecord, image_size: tuple[int, int]) -> np.ndarray:
+    """The record's image as RGB uint8, resized to `image_size` = `(height, width)`."""
+    image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(
+            f"Cannot read image {record.path} (image_id={record.image_id}). Check the file, "
+            f"or load the dataset with on_error='skip'. Received: path={str(record.path)!r}."
+        )
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != tuple(image_size):
+        image = cv2.resize(image, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def resized_boxes(record: ImageRecord, image_size: tuple[int, int]) -> np.ndarray:
+    """The record's boxes in the resized image's pixels."""
+    sx, sy = image_size[1] / record.width, image_size[0] / record.height
+    return record.boxes * np.array([sx, sy, sx, sy], np.float32)
+
+
+def load_images(dataset: CocoDataset, image_size: tuple[int, int]) -> np.ndarray:
+    """All images resized, as uint8 `[n, h, w, 3]` (for evaluation and caching)."""
+    return np.stack([read_image(r, image_size) for r in dataset.records])
+
+
+def detection_dataset(
+    dataset: CocoDataset,
+    image_size: tuple[int, int],
+    batch_size: int,
+    training: bool = True,
+    augment: bool = True,
+    seed: int = 0,
+    stride: int = 4,
+    cache_images: bool | None = None,
+    drop_remainder: bool | None = None,
+) -> tf.data.Dataset:
+    """Batches of `(images, targets)` for CenterNet training.
+
+    Args:
+        dataset: a loaded `CocoDataset`.
+        image_size: network input `(height, width)`; images are resized to it.
+        batch_size: images per batch.
+        training: shuffle (reshuffled each epoch) and repeat-safe ordering; `False` keeps order.
+        augment: albumentations flip, scale/crop and colour jitter (training only).
+        seed: shuffle and augmentation seed.
+        stride: output stride of the model.
+        cache_images: keep decoded images in memory; default when they fit in 512 MiB.
+        drop_remainder: default `training`.
+
+    Returns:
+        A `tf.data.Dataset` of `(float32 images in [0, 1] [b, h, w, 3], {"heatmap", "size",
+        "offset"})` with the targets of `encode_targets`.
+    """
+    image_size = (int(image_size[0]), int(image_size[1]))
+    records = dataset.records
+    num_classes = dataset.num_classes
+    if cache_images is None:
+        cache_images = len(records) * image_size[0] * image_size[1] * 3 <= CACHE_LIMIT_BYTES
+    cached = load_images(dataset, image_size) if cache_images else None
+    boxes = [resized_boxes(r, image_size) for r in records]
+    augmentation = build_augmentation(image_size, seed=seed) if training and augment else None
+    out_h, out_w = image_size[0] // stride, image_size[1] // stride
+
+    def load(index):
+        index = int(index)
+        image = cached[index] if cached is not None else read_image(records[index], image_size)
+        image_boxes, classes = boxes[index], records[index].classes
+        if augmentation is not None:
+            image, image_boxes, classes = apply_augmentation(
+                augmentation, image, image_boxes, classes
+            )
+        targets = encode_targets(image_boxes, classes, image_size, num_classes, stride)
+        return (
+            image.astype(np.float32) / 255.0,
+            targets["heatmap"],
+            targets["size"],
+            targets["offset"],
+        )
+
+    def to_tensors(index):
+        image, heatmap, size, offset = tf.numpy_function(
+            load, [index], [tf.float32] * 4, stateful=augmentation is not None
+        )
+        image.set_shape([*image_size, 3])
+        heatmap.set_shape([out_h, out_w, num_classes])
+        size.set_shape([out_h, out_w, 3])
+        offset.set_shape([out_h, out_w, 3])
+        return image, {"heatmap": heatmap, "size": size, "offset": offset}
+
+    data = tf.data.Dataset.range(len(records))
+    if training:
+        data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    data = data.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    data = data.batch(
+        batch_size, drop_remainder=training if drop_remainder is None else drop_remainder
+    )
+    return data.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import pytest
+
+from detection.data import (
+    AnnotationError,
+    apply_augmentation,
+    build_augmentation,
+    detection_dataset,
+    ensure_shapes_dataset,
+    generate_shapes_dataset,
+    load_coco_dataset,
+)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_shapes_dataset(root, num_train=6, num_val=3, image_size=64, seed=3)
+
+
+def test_generator_is_deterministic_and_loadable(shapes, tmp_path):
+    again = generate_shapes_dataset(
+        tmp_path / "again", num_train=6, num_val=3, image_size=64, seed=3
+    )
+    for split in ("train", "val"):
+        images, annotations = shapes[split]
+        assert annotations.read_bytes() == again[split][1].read_bytes()
+        for path in sorted(images.iterdir()):
+            assert path.read_bytes() == (again[split][0] / path.name).read_bytes()
+    other = generate_shapes_dataset(
+        tmp_path / "other", num_train=6, num_val=3, image_size=64, seed=4
+    )
+    assert other["train"][1].read_bytes() != shapes["train"][1].read_bytes()
+    dataset = load_coco_dataset(*shapes["train"])
+    assert len(dataset) == 6 and not dataset.issues
+    assert dataset.class_names == ("circle", "square", "triangle", "cross")
+    assert dataset.num_boxes >= 6
+    for record in dataset.records:
+        assert record.width == record.height == 64
+        assert np.all(record.boxes >= 0) and np.all(record.boxes <= 64)
+        assert np.all(record.boxes[:, 2:] > record.boxes[:, :2])
+    # Re-running with the same settings reuses the files.
+    before = shapes["train"][1].stat().st_mtime_ns
+    root = shapes["train"][0].parent
+    ensure_shapes_dataset(root, num_train=6, num_val=3, image_size=64, seed=3)
+    assert shapes["train"][1].stat().st_mtime_ns == before
+
+
+def _write_bad_dataset(root, good_image):
+    images = root / "images"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (images / name).write_bytes(good_image.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not an image at all")
+    data = {
+        "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}],
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 64, "height": 64},
+            {"id": 2, "file_name": "b.jpg", "width": 64, "height": 64},
+            {"id": 3, "file_name": "missing.jpg", "width": 64, "height": 64},
+            {"id": 4, "file_name": "broken.jpg", "width": 64, "height": 64},
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20]},
+            {"id": 11, "image_id": 1, "category_id": 1, "bbox": [50, 50, 30, 30]},  # outside
+            {"id": 12, "image_id": 2, "category_id": 2, "bbox": [5, 5, 0, 10]},  # zero area
+            {"id": 13, "image_id": 2, "category_id": 7, "bbox": [5, 5, 10, 10]},  # unknown
+            {"id": 14, "image_id": 2, "category_id": 2, "bbox": [30, 30, 10, 12]},
+            {"id": 15, "image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        ],
+    }
+    annotations = root / "instances.json"
+    annotations.write_text(json.dumps(data))
+    return images, annotations
+
+
+def test_bad_annotations_are_reported_with_file_and_id(shapes, tmp_path):
+    good = sorted(shapes["train"][0].iterdir())[0]
+    images, annotations = _write_bad_dataset(tmp_path, good)
+    with pytest.raises(AnnotationError) as raised:
+        load_coco_dataset(images, annotations)
+    message = str(raised.value)
+    assert "Found 5 bad annotation(s) or image(s)" in message
+    assert f"{images / 'missing.jpg'} [image_id=3]: image file is missing" in message
+    assert f"{images / 'broken.jpg'} [image_id=4]: image file cannot be read" in message
+    assert f"{annotations} [image_id=1, annotation_id=11]: box [50, 50, 30, 30] lies outside" in (
+        message
+    )
+    assert "[image_id=2, annotation_id=12]: box has zero or negative area" in message
+    assert "[image_id=2, annotation_id=13]: unknown category_id 7" in message
+    assert "on_error='skip'" in message
+
+    dataset = load_coco_dataset(images, annotations, on_error="skip")
+    assert len(dataset.issues) == 5
+    assert [r.image_id for r in dataset.records] == [1, 2]
+    assert [len(r.boxes) for r in dataset.records] == [1, 1]
+    assert sorted(dataset.coco.getAnnIds()) == [10, 14]  # evaluation ground truth is clean too
+    np.testing.assert_allclose(dataset.records[1].boxes, [[30, 30, 40, 42]])
+    assert list(dataset.records[1].classes) == [1]
+
+
+def test_missing_inputs_fail_with_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Images folder not found"):
+        load_coco_dataset(tmp_path / "nope", tmp_path / "x.json")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a COCO instances file"):
+        load_coco_dataset(tmp_path, tmp_path / "x.json")
+
+
+def test_augmentation_moves_boxes_with_pixels():
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[4:12, 2:10] = 255
+    flip = build_augmentation((32, 32), flip=1.0, crop=0.0, colour=0.0, seed=0)
+    out, boxes, classes = apply_augmentation(flip, image, np.array([[2, 4, 10, 12]]), np.array([3]))
+    np.testing.assert_allclose(boxes, [[22, 4, 30, 12]], atol=1e-4)
+    assert list(classes) == [3]
+    assert out[4:12, 22:30].min() == 255 and out[:, :20].max() == 0
+    crop = build_augmentation((32, 32), flip=0.0, crop=1.0, colour=1.0, seed=1)
+    for _ in range(5):
+        out, boxes, _ = apply_augmentation(crop, image, np.array([[2, 4, 10, 12]]), np.array([0]))
+        assert out.shape == (32, 32, 3)
+        assert np.all(boxes >= 0) and np.all(boxes <= 32)
+
+
+def test_pipeline_batches_targets(shapes):
+    dataset = load_coco_dataset(*shapes["train"])
+    data = detection_dataset(dataset, (64, 64), batch_size=3, training=False, augment=False)
+    batches = list(data)
+    assert len(batches) == 2
+    images, targets = batches[0]
+    assert images.shape == (3, 64, 64, 3) and images.dtype.name == "float32"
+    assert float(np.min(images)) >= 0.0 and float(np.max(images)) <= 1.0
+    assert targets["heatmap"].shape == (3, 16, 16, 4)
+    centres = sum(int(np.sum(t["size"][..., 2])) for _, t in batches)
+    peaks = sum(int(np.sum(t["heatmap"] == 1.0)) for _, t in batches)
+    # One centre per box (boxes sharing a cell would merge; the generator avoids big overlaps).
+    assert centres == peaks <= dataset.num_boxes and centres >= dataset.num_boxes - 1
+    augmented = detection_dataset(dataset, (64, 64), batch_size=2, training=True, seed=1)
+    images, targets = next(iter(augmented))
+    assert images.shape == (2, 64, 64, 3) and targets["offset"].shape == (2, 16, 16, 3)
