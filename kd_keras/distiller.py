@@ -101,6 +101,7 @@ class Distiller(keras.Model):
             None if teacher_output_shape is None else tf.TensorShape([None, *teacher_output_shape])
         )
         self.student_loss = None
+        self._student_loss_argument = None
         self.distillation_step = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="distillation_step"
         )
@@ -109,6 +110,8 @@ class Distiller(keras.Model):
             None if teacher is None else _feature_model(teacher, [t.teacher_layer for t in terms])
         )
         self._build_terms()
+        # The student's inputs define the Distiller's; its weights all exist now.
+        self.built = True
 
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(name="distillation_loss")
@@ -154,6 +157,19 @@ class Distiller(keras.Model):
         """
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         self.student_loss = None if loss is None else _per_example_loss(loss)
+        self._student_loss_argument = loss
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        config["loss"] = keras.saving.serialize_keras_object(self._student_loss_argument)
+        return config
+
+    def compile_from_config(self, config):
+        """Recompiles a loaded Distiller with its optimizer, student loss and metrics."""
+        deserialize = keras.saving.deserialize_keras_object
+        self.compile(**{key: deserialize(value) for key, value in config.items()})
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     # === Forward ===
 

@@ -261,3 +261,69 @@ def test_mirrored_strategy_matches_single_device():
     np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-5)
     for a, b in zip(single_grads, mirrored_grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_whole_distiller_saves_and_loads_compiled(tmp_path):
+    teacher, student = _pair()
+    x, y = tiny_data(8)
+    terms = [
+        LogitsDistillation(schedules.Linear(4.0, 1.0, 10), name="kd"),
+        FeatureDistillation("features", "features", name="hint"),
+    ]
+    distiller = Distiller(teacher, student, terms, [0.5, 0.5], 0.5)
+    distiller.compile(keras.optimizers.Adam(0.01), loss=CE, metrics=["accuracy"])
+    distiller.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    loaded = keras.models.load_model(tmp_path / "distiller.keras")
+    assert isinstance(loaded, Distiller) and not loaded.teacher.trainable
+    np.testing.assert_allclose(loaded(x).numpy(), distiller(x).numpy(), rtol=1e-6)
+    history = loaded.fit(x, y, batch_size=4, epochs=1, verbose=0).history
+    assert {"kd_loss", "hint_loss", "accuracy", "kd_temperature"} <= set(history)
+
+
+class _StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_training_resumes_from_backup(tmp_path):
+    x, y = tiny_data(8)
+
+    def distiller():
+        teacher, student = _pair()
+        d = Distiller(teacher, student, LogitsDistillation(schedules.Linear(4.0, 1.0, 12)))
+        d.compile(keras.optimizers.SGD(0.1), loss=CE)
+        return d
+
+    backup = str(tmp_path / "backup")
+    interrupted = distiller()
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(backup), _StopAfter(1)],
+        )
+    resumed = distiller()
+    history = resumed.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=4,
+        shuffle=False,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(backup)],
+    )
+    assert len(history.epoch) == 2  # epochs 3 and 4 only
+    assert int(resumed.optimizer.iterations.numpy()) == 8
+    uninterrupted = distiller()
+    uninterrupted.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
+    np.testing.assert_allclose(resumed(x).numpy(), uninterrupted(x).numpy(), rtol=1e-4, atol=1e-5)
