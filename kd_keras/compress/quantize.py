@@ -1,0 +1,207 @@
+"""Quantization-aware training (TF-MOT 8-bit), pruning-preserving QAT and custom-layer configs.
+
+`quantize_aware(model)` returns a copy with fake-quantization on weights and activations. It can be
+trained on its own or as the student of a `Distiller` (KD-aware QAT), then converted with
+`kd_keras.export.to_tflite(model, mode="int8")`; the learned ranges make a representative dataset
+unnecessary. `preserve_sparsity=True` (PQAT) keeps the zeros of a pruned-and-stripped model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_layer,
+    quantize_wrapper,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+)
+
+from kd_keras.compress.prune import check_functional, is_pruned
+
+_quantization = tfmot.quantization.keras
+_PACKAGE = "kd_keras"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class OutputQuantizeConfig(_quantization.QuantizeConfig):
+    """Quantizes only a layer's output (8 bits, moving-average range); no weights.
+
+    The right choice for custom element-wise layers such as activations: their output gets an int8
+    range learned during QAT, and the converter keeps the op in between quantized tensors.
+
+    Example:
+        >>> qat = quantize_aware(model, quantize_configs={"LMA": OutputQuantizeConfig()})
+    """
+
+    def __init__(self, num_bits: int = 8):
+        self.num_bits = num_bits
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [
+            _quantization.quantizers.MovingAverageQuantizer(
+                num_bits=self.num_bits, per_axis=False, symmetric=False, narrow_range=False
+            )
+        ]
+
+    def get_config(self):
+        return {"num_bits": self.num_bits}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def unsupported_layers(
+    model: keras.Model, quantize_configs: Mapping[str, _quantization.QuantizeConfig] | None = None
+) -> list[keras.layers.Layer]:
+    """Layers of `model` that TF-MOT's 8-bit scheme cannot quantize and that have no config."""
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    configs = dict(quantize_configs or {})
+    missing = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if layer.name in configs or type(layer).__name__ in configs:
+            continue
+        opaque = isinstance(layer, keras.layers.Lambda | keras.Model)
+        # BatchNorm is folded into the Conv/Dense before it by TF-MOT's layout transforms.
+        known = isinstance(layer, _FOLDED) or registry.supports(layer)
+        if opaque or not known:
+            missing.append(layer)
+    return missing
+
+
+# Handled by TF-MOT's graph transforms rather than its per-layer registry.
+_FOLDED = (
+    keras.layers.BatchNormalization,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+
+def quantize_aware(
+    model: keras.Model,
+    *,
+    preserve_sparsity: bool | None = None,
+    quantize_configs: Mapping[str, _quantization.QuantizeConfig] | None = None,
+) -> keras.Model:
+    """A quantization-aware copy of `model` (TF-MOT default 8-bit scheme), weights kept.
+
+    Args:
+        model: a functional or Sequential tf_keras model, pruning wrappers stripped.
+        preserve_sparsity: use the pruning-preserving scheme (PQAT) so zeros stay zero while
+            training; `None` turns it on when any kernel is at least 20% zeros.
+        quantize_configs: a `QuantizeConfig` per layer name or layer class name, for layers the
+            default scheme does not know (custom layers), e.g. `{"LMA": OutputQuantizeConfig()}`.
+
+    Returns:
+        A new functional model whose layers are wrapped (`quant_<name>`).
+
+    Raises:
+        TypeError: a subclassed or Keras 3 model.
+        ValueError: a model still carrying pruning wrappers, or a layer TF-MOT cannot quantize
+            (the message names each such layer and how to fix it).
+    """
+    check_functional(model, "quantize_aware")
+    if is_pruned(model):
+        raise ValueError(
+            "quantize_aware needs a model without pruning wrappers. Call "
+            "kd_keras.compress.strip(model) first; pass preserve_sparsity=True to keep its zeros. "
+            f"Received: model={model.name!r} with pruning wrappers."
+        )
+    configs = dict(quantize_configs or {})
+    missing = unsupported_layers(model, configs)
+    if missing:
+        described = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in missing)
+        raise ValueError(
+            f"TF-MOT's 8-bit scheme cannot quantize layer(s) {described}. Pass a QuantizeConfig "
+            "for each by layer name or class name, e.g. quantize_configs={"
+            f"{type(missing[0]).__name__!r}: kd_keras.compress.OutputQuantizeConfig()}} for an "
+            "element-wise layer without weights (a Lambda must first become a custom layer with "
+            "get_config; a nested model must be flattened into one functional model). "
+            f"Received: layers={[layer.name for layer in missing]}."
+        )
+    if preserve_sparsity is None:
+        from kd_keras.compress.prune import sparsity_report
+
+        report = sparsity_report(model)
+        preserve_sparsity = any(v >= 0.2 for k, v in report.items() if k != "total")
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+
+    def annotate(layer):
+        config = configs.get(layer.name) or configs.get(type(layer).__name__)
+        if config is not None:
+            return _quantization.quantize_annotate_layer(layer, config)
+        return layer
+
+    if configs:
+        copy = keras.models.clone_model(copy, clone_function=annotate)
+        copy.set_weights(model.get_weights())
+    annotated = _quantization.quantize_annotate_model(copy)
+    scheme = (
+        tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        if preserve_sparsity
+        else _quantization.default_8bit.Default8BitQuantizeScheme()
+    )
+    custom = {type(c).__name__: type(c) for c in configs.values()}
+    with _quantization.quantize_scope(custom):
+        try:
+            return _quantization.quantize_apply(annotated, scheme)
+        except RuntimeError as error:
+            # E.g. a BatchNormalization not preceded by a Conv/Dense it could be folded into.
+            raise ValueError(
+                f"TF-MOT could not quantize this model: {error} Fold or remove that layer, or "
+                "pass quantize_configs={layer_name: QuantizeConfig} for it. "
+                f"Received: model={model.name!r}."
+            ) from None
+
+
+def is_quantize_aware(model: keras.Model) -> bool:
+    """Whether `model` (or a Distiller's student) holds TF-MOT quantization wrappers."""
+    root = getattr(model, "student", model)
+    return any(
+        isinstance(layer, quantize_wrapper.QuantizeWrapper | quantize_layer.QuantizeLayer)
+        for layer in root.layers
+    )
+
+
+def quantize_scope(*custom: Mapping[str, type]):
+    """Context in which a saved quantization-aware `.keras` model can be loaded.
+
+    Example:
+        >>> with quantize_scope():
+        ...     model = keras.models.load_model("student_qat.keras")
+    """
+    return _quantization.quantize_scope({"OutputQuantizeConfig": OutputQuantizeConfig}, *custom)
+
+
+def quantized_kernels(model: keras.Model) -> dict[str, tf.Tensor]:
+    """The float kernels inside each quantization wrapper, keyed by the wrapped layer's name."""
+    kernels = {}
+    for layer in getattr(model, "student", model).layers:
+        if isinstance(layer, quantize_wrapper.QuantizeWrapper):
+            # The wrapped layer's `kernel` attribute is swapped for its fake-quantized tensor;
+            # the float variable stays among the wrapper's trainable weights.
+            for weight in layer.trainable_weights:
+                if weight.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
+                    kernels[layer.layer.name] = weight
+    return kernels
