@@ -10,6 +10,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from detection.centernet.centernet_targets import as_target_dict
+from kd_keras import losses as kd_losses
+
 _PACKAGE = "detection"
 
 
@@ -102,8 +105,9 @@ class CenterNetLoss(keras.losses.Loss):
     Formula:
         loss = w_hm · focal(heatmap) + w_size · L1(size) + w_off · L1(offset)
 
-    `y_true` is the target dict of `encode_targets` (batched); `y_pred` the model's outputs as a
-    list `[heatmap, size, offset]` or a dict with those keys. CenterNet's weights are 1, 0.1, 1.
+    `y_true` holds the batched targets of `encode_targets` (the dict, or the tuple
+    `(heatmap, size, offset)`); `y_pred` the model's outputs `[heatmap, size, offset]` (or a
+    dict). CenterNet's weights are 1, 0.1, 1.
     This is the student loss given to a `Distiller`; a plain model can equally be compiled with
     `per_head_losses()`.
     """
@@ -122,8 +126,7 @@ class CenterNetLoss(keras.losses.Loss):
         self.offset_weight = offset_weight
 
     def call(self, y_true, y_pred):
-        if not isinstance(y_pred, dict):
-            y_pred = dict(zip(("heatmap", "size", "offset"), y_pred))
+        y_true, y_pred = as_target_dict(y_true), as_target_dict(y_pred)
         return (
             self.heatmap_weight * heatmap_focal_loss(y_true["heatmap"], y_pred["heatmap"])
             + self.size_weight * masked_l1_loss(y_true["size"], y_pred["size"])
@@ -147,3 +150,98 @@ class CenterNetLoss(keras.losses.Loss):
             "size_weight": self.size_weight,
             "offset_weight": self.offset_weight,
         }
+
+
+def retained_binary_kd(
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
+    label_heatmap: tf.Tensor | None = None,
+    temperature: float | tf.Tensor = 1.0,
+    positive_retaining: bool = True,
+    core_threshold: float | None = None,
+    normalize: str = "objects",
+) -> tf.Tensor:
+    """Heatmap distillation: per-pixel, per-class binary KD with positive-sample retaining.
+
+    Formula (z logits, T the temperature, y the label heatmap):
+        q_t = σ(z_t / T),  q_s = σ(z_s / T)
+        p   = max(q_t, y)  on retained locations R,  q_t elsewhere
+        R   = {y = 1} (object centres)  ∪  {y ≥ core_threshold} (Gaussian cores, optional)
+        loss = T² · Σ_pixels,classes [ p·(log p − log q_s) + (1 − p)·(log(1 − p) − log(1 − q_s)) ]
+               / D,   D = max(1, number of centres) ("objects") or H·W·classes ("mean")
+
+    Each heatmap location is its own Bernoulli variable, so the KD is binary (sigmoid), not a
+    softmax over classes. *Early distribution softening*: T divides the logits of both networks
+    before the sigmoid, and T² keeps the gradient scale. *Positive-sample retaining*: at the
+    labelled centres (and cores) the teacher can only raise the target, so an under-confident
+    teacher peak never demotes a true positive (a centre keeps target 1); everywhere else the
+    teacher's soft heatmap is the target. Without retained locations and with
+    `normalize="mean"` this is exactly `kd_keras.losses.binary_soft_target_kl`.
+    (Hinton et al., 2015; Zhou et al., "Objects as Points", 2019.)
+
+    Args:
+        teacher_logits: `[batch, H, W, classes]` teacher heatmap logits.
+        student_logits: `[batch, H, W, classes]` student heatmap logits.
+        label_heatmap: `[batch, H, W, classes]` Gaussian targets; needed for retaining and for
+            `normalize="objects"`.
+        temperature: T > 0.
+        positive_retaining: keep the label's positives as hard targets.
+        core_threshold: also retain locations whose label is at least this (e.g. 0.8).
+        normalize: `"objects"` (sum divided by the number of centres, like the focal loss) or
+            `"mean"` (average over locations and classes).
+
+    Returns:
+        `[batch]` loss per image.
+    """
+    if normalize not in ("objects", "mean"):
+        raise ValueError(
+            f"Expected normalize in ('objects', 'mean'). Received: normalize={normalize!r}."
+        )
+    temperature = tf.cast(temperature, tf.float32)
+    retain = positive_retaining and label_heatmap is not None
+    if not retain:
+        kl = kd_losses.binary_soft_target_kl(teacher_logits, student_logits, temperature)
+    else:
+        y = tf.cast(label_heatmap, tf.float32)
+        zs = tf.cast(student_logits, tf.float32) / temperature
+        q_teacher = tf.sigmoid(tf.cast(teacher_logits, tf.float32) / temperature)
+        retained = tf.equal(y, 1.0)
+        if core_threshold is not None:
+            retained = tf.logical_or(retained, y >= core_threshold)
+        p = tf.where(retained, tf.maximum(q_teacher, y), q_teacher)
+        per_location = (
+            tf.math.xlogy(p, p)
+            + tf.math.xlogy(1.0 - p, 1.0 - p)
+            + p * tf.nn.softplus(-zs)
+            + (1.0 - p) * tf.nn.softplus(zs)
+        )
+        kl = temperature**2 * tf.reduce_mean(
+            tf.reshape(per_location, [tf.shape(per_location)[0], -1]), axis=-1
+        )
+    if normalize == "mean":
+        return kl
+    if label_heatmap is None:
+        raise ValueError(
+            "normalize='objects' divides by the number of object centres, so it needs the "
+            "label heatmap. Pass label_heatmap or use normalize='mean'. "
+            "Received: label_heatmap=None."
+        )
+    elements = tf.cast(tf.reduce_prod(tf.shape(student_logits)[1:]), tf.float32)
+    centres = _count_per_image(
+        tf.cast(tf.equal(tf.cast(label_heatmap, tf.float32), 1.0), tf.float32)
+    )
+    return kl * elements / tf.maximum(1.0, centres)
+
+
+def weighted_l1(target: tf.Tensor, prediction: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """L1 between two maps, weighted per location.
+
+    Formula:
+        loss = Σ_pixels w · Σ_c |ŷ_c − t_c| / max(ε, Σ_pixels w)
+
+    Returns:
+        `[batch]` loss per image (0 for an image with no weight).
+    """
+    weights = tf.cast(weights, tf.float32)
+    error = tf.abs(tf.cast(prediction, tf.float32) - tf.cast(target, tf.float32)) * weights
+    return _count_per_image(error) / tf.maximum(1e-6, _count_per_image(weights))

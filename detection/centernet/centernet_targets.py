@@ -86,3 +86,18 @@ def encode_targets(
         size[iy, ix] = (w, h, 1.0)
         offset[iy, ix] = (cx - ix, cy - iy, 1.0)
     return {"heatmap": heatmap.transpose(1, 2, 0).copy(), "size": size, "offset": offset}
+
+
+def as_target_dict(targets) -> dict:
+    """Targets as `{"heatmap", "size", "offset"}` from that dict or a `(heatmap, size, offset)`
+    sequence (the order of the model's outputs, which is how the input pipeline yields them)."""
+    if isinstance(targets, dict):
+        if all(key in targets for key in TARGET_KEYS):
+            return targets
+    elif isinstance(targets, list | tuple) and len(targets) == len(TARGET_KEYS):
+        return dict(zip(TARGET_KEYS, targets))
+    raise ValueError(
+        "Expected CenterNet targets: the dict of detection.centernet.encode_targets "
+        "({'heatmap', 'size', 'offset'}) or the tuple (heatmap, size, offset). "
+        f"Received: targets={targets!r}."
+    )

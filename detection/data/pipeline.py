@@ -69,8 +69,8 @@ def detection_dataset(
         drop_remainder: default `training`.
 
     Returns:
-        A `tf.data.Dataset` of `(float32 images in [0, 1] [b, h, w, 3], {"heatmap", "size",
-        "offset"})` with the targets of `encode_targets`.
+        A `tf.data.Dataset` of `(float32 images in [0, 1] [b, h, w, 3], (heatmap, size,
+        offset))`: the targets of `encode_targets`, in the order of the model's outputs.
     """
     image_size = (int(image_size[0]), int(image_size[1]))
     records = dataset.records
@@ -106,7 +106,7 @@ def detection_dataset(
         heatmap.set_shape([out_h, out_w, num_classes])
         size.set_shape([out_h, out_w, 3])
         offset.set_shape([out_h, out_w, 3])
-        return image, {"heatmap": heatmap, "size": size, "offset": offset}
+        return image, (heatmap, size, offset)
 
     data = tf.data.Dataset.range(len(records))
     if training:

@@ -132,11 +132,11 @@ def test_pipeline_batches_targets(shapes):
     images, targets = batches[0]
     assert images.shape == (3, 64, 64, 3) and images.dtype.name == "float32"
     assert float(np.min(images)) >= 0.0 and float(np.max(images)) <= 1.0
-    assert targets["heatmap"].shape == (3, 16, 16, 4)
-    centres = sum(int(np.sum(t["size"][..., 2])) for _, t in batches)
-    peaks = sum(int(np.sum(t["heatmap"] == 1.0)) for _, t in batches)
+    assert targets[0].shape == (3, 16, 16, 4)
+    centres = sum(int(np.sum(t[1][..., 2])) for _, t in batches)
+    peaks = sum(int(np.sum(t[0] == 1.0)) for _, t in batches)
     # One centre per box (boxes sharing a cell would merge; the generator avoids big overlaps).
     assert centres == peaks <= dataset.num_boxes and centres >= dataset.num_boxes - 1
     augmented = detection_dataset(dataset, (64, 64), batch_size=2, training=True, seed=1)
     images, targets = next(iter(augmented))
-    assert images.shape == (2, 64, 64, 3) and targets["offset"].shape == (2, 16, 16, 3)
+    assert images.shape == (2, 64, 64, 3) and targets[2].shape == (2, 16, 16, 3)
