@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tf_keras as keras
 
 BACKBONES = ("resnet", "mobile")
@@ -129,6 +130,31 @@ def embedding_model(model: keras.Model, name: str | None = None) -> keras.Model:
     """
     layer = _find_layer(model, EMBEDDING)
     return keras.Model(model.inputs, layer.output, name=name or f"{model.name}_embedding")
+
+
+def fold_bnneck(model: keras.Model, name: str | None = None) -> keras.Model:
+    """The inference form of a training model: `features` and the BNNeck folded into one Dense.
+
+    In inference mode the batch norm is affine, so with `s = γ / √(σ² + ε)`:
+
+        embedding = (W·p + b − μ)·s + β = (W·s)·p + ((b − μ)·s + β)
+
+    The returned model has outputs `[embedding, logits]` (layers named `embedding` and `logits`,
+    the classifier weights shared with `model`). Every layer is one TF-MOT prunes and quantizes
+    fully to int8, so this is the model to compress and export; its `embedding_model` gives the
+    same embeddings as `embedding_model(model)`.
+    """
+    pool = model.get_layer("pool").output
+    dense = model.get_layer(FEATURES)
+    norm = model.get_layer(EMBEDDING)
+    scale = norm.gamma.numpy() / np.sqrt(norm.moving_variance.numpy() + norm.epsilon)
+    kernel = dense.kernel.numpy() * scale
+    bias = (dense.bias.numpy() - norm.moving_mean.numpy()) * scale + norm.beta.numpy()
+    folded = keras.layers.Dense(kernel.shape[-1], name=EMBEDDING)
+    embedding = folded(pool)
+    folded.set_weights([kernel, bias])
+    logits = model.get_layer(LOGITS)(embedding)
+    return keras.Model(model.inputs, [embedding, logits], name=name or f"{model.name}_folded")
 
 
 def _find_layer(model: keras.Model, layer_name: str) -> keras.layers.Layer:
