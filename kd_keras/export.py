@@ -1,0 +1,277 @@
+"""TFLite conversion and checks in LiteRT, the runtime robots use.
+
+    to_tflite(model, mode="int8", path="student.tflite")   # + student.io.json (I/O quant params)
+    evaluate_tflite("student.tflite", x, y)                # accuracy in LiteRT
+    parity_report(model, "student.tflite", x)               # Keras vs LiteRT agreement
+    tflite_size("student.tflite"), tflite_latency("student.tflite")
+
+Modes: `float32`; `float16` (weights stored as float16); `dynamic` (int8 weights, float
+activations); `int8` (full integer: weights and activations int8, ranges from QAT or from a
+representative dataset; I/O float by default, int8 with `int8_io=True`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from kd_keras.io import atomic_write_bytes, atomic_write_json
+
+Mode = Literal["float32", "float16", "dynamic", "int8"]
+MODES = ("float32", "float16", "dynamic", "int8")
+TFLiteModel = bytes | str | os.PathLike
+
+
+def representative_dataset(x: np.ndarray, count: int = 100, seed: int = 0):
+    """A converter calibration generator over up to `count` examples of `x`, one at a time.
+
+    Pass examples that went through the same preprocessing as training (not augmented), so the
+    int8 ranges match what the model sees.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        raise ValueError("A representative dataset needs at least one example. Received: 0.")
+    order = np.random.default_rng(seed).permutation(len(x))[:count]
+
+    def generate():
+        for index in order:
+            yield [x[index : index + 1]]
+
+    return generate
+
+
+def to_tflite(
+    model: keras.Model,
+    mode: Mode = "float32",
+    *,
+    representative_data: np.ndarray | Iterable | None = None,
+    int8_io: bool = False,
+    path: str | os.PathLike | None = None,
+) -> bytes:
+    """Converts a functional tf_keras model (plain, pruned-and-stripped or QAT) to TFLite.
+
+    Args:
+        model: the model to convert (batch dimension left free).
+        mode: `"float32"`, `"float16"`, `"dynamic"` or `"int8"`.
+        representative_data: for `int8` of a model without QAT: an array of preprocessed inputs
+            (up to 100 are drawn) or a generator function as the converter expects.
+        int8_io: `int8` only: int8 input/output tensors instead of float ones.
+        path: when given, the flatbuffer is written there and the inputs' and outputs' dtype,
+            shape and quantization (scale, zero point) to `<path stem>.io.json` beside it.
+
+    Returns:
+        The `.tflite` flatbuffer.
+
+    Raises:
+        TypeError: a subclassed or Keras 3 model.
+        ValueError: an unknown mode, `int8_io` outside `int8`, or `int8` for a model without
+            QAT and without `representative_data`.
+    """
+    from kd_keras.compress.prune import check_functional, is_pruned
+    from kd_keras.compress.quantize import is_quantize_aware
+
+    check_functional(model, "to_tflite")
+    if mode not in MODES:
+        raise ValueError(f"Expected mode in {MODES}. Received: mode={mode!r}.")
+    if int8_io and mode != "int8":
+        raise ValueError(
+            f"int8 inputs/outputs need mode='int8'. Received: mode={mode!r}, int8_io=True."
+        )
+    if is_pruned(model):
+        raise ValueError(
+            "Strip the pruning wrappers before export: kd_keras.compress.strip(model). "
+            f"Received: model={model.name!r} with pruning wrappers."
+        )
+    quantize_aware = is_quantize_aware(model)
+    if mode == "int8" and representative_data is None and not quantize_aware:
+        raise ValueError(
+            "Full-integer int8 export of a model trained without QAT needs a representative "
+            "dataset to calibrate activation ranges: pass representative_data=x_train[:100] "
+            "(preprocessed like the training data), or train with "
+            "kd_keras.compress.quantize_aware first. Received: representative_data=None."
+        )
+    if mode in ("float16", "dynamic") and quantize_aware:
+        raise ValueError(
+            f"A quantization-aware model exports as mode='int8'; mode={mode!r} applies to float "
+            "models. Received: a QAT model."
+        )
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if mode != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if mode == "int8":
+        if representative_data is not None:
+            converter.representative_dataset = (
+                representative_data
+                if callable(representative_data)
+                else representative_dataset(representative_data)
+            )
+            # Only int8 kernels: conversion fails rather than leave a float op behind. (QAT
+            # models are integer already; the converter refuses this flag without calibration.)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    flatbuffer = converter.convert()
+    if path is not None:
+        path = Path(path)
+        atomic_write_bytes(path, flatbuffer)
+        atomic_write_json(io_json_path(path), {"mode": mode, **io_details(flatbuffer)})
+    return flatbuffer
+
+
+def io_json_path(path: str | os.PathLike) -> Path:
+    """`student.tflite` -> `student.io.json`, where `to_tflite` records the I/O details."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.io.json")
+
+
+def io_details(model: TFLiteModel) -> dict:
+    """Name, shape, dtype and quantization (scale, zero point) of every input and output."""
+    interpreter = _interpreter(model)
+
+    def describe(details):
+        scale, zero_point = details["quantization"]
+        return {
+            "name": details["name"],
+            "shape": [int(d) for d in details["shape"]],
+            "dtype": np.dtype(details["dtype"]).name,
+            "scale": float(scale),
+            "zero_point": int(zero_point),
+        }
+
+    return {
+        "inputs": [describe(d) for d in interpreter.get_input_details()],
+        "outputs": [describe(d) for d in interpreter.get_output_details()],
+    }
+
+
+def tflite_predict(model: TFLiteModel, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Runs a single-input, single-output `.tflite` in LiteRT; returns float outputs.
+
+    Inputs are quantized and outputs dequantized with the tensors' own parameters when the model
+    has integer I/O, so the result compares directly with the Keras model's.
+    """
+    interpreter = _interpreter(model)
+    x = np.asarray(x, dtype=np.float32)
+    input_index = interpreter.get_input_details()[0]["index"]
+    outputs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        interpreter.resize_tensor_input(input_index, [len(chunk), *x.shape[1:]])
+        interpreter.allocate_tensors()
+        input_details = interpreter.get_input_details()[0]
+        output_details = interpreter.get_output_details()[0]
+        interpreter.set_tensor(input_details["index"], _quantize(chunk, input_details))
+        interpreter.invoke()
+        outputs.append(_dequantize(interpreter.get_tensor(output_details["index"]), output_details))
+    return np.concatenate(outputs)
+
+
+def evaluate_tflite(model: TFLiteModel, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of a classifier `.tflite` (file or bytes) on `(x, y)`, run in LiteRT."""
+    predictions = np.argmax(tflite_predict(model, x), axis=-1)
+    return float(np.mean(predictions == np.asarray(y)))
+
+
+def parity_report(keras_model: keras.Model, model: TFLiteModel, x: np.ndarray) -> dict:
+    """How closely the LiteRT model reproduces the Keras model on `x`.
+
+    Returns:
+        `top1_agreement` (fraction of examples with the same arg-max), `max_abs_diff` and
+        `mean_abs_diff` of the outputs, and `examples`.
+    """
+    expected = keras_model.predict(np.asarray(x, np.float32), batch_size=256, verbose=0)
+    actual = tflite_predict(model, x)
+    difference = np.abs(expected - actual)
+    return {
+        "top1_agreement": float(np.mean(expected.argmax(-1) == actual.argmax(-1))),
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+        "examples": len(x),
+    }
+
+
+def tflite_size(model: TFLiteModel) -> dict:
+    """`{"bytes": raw size, "gzip_bytes": gzip-compressed size}` of a `.tflite`.
+
+    Zeros from pruning do not shrink the flatbuffer but compress well, so pruning shows up in
+    the gzip size (what an over-the-air update transfers).
+    """
+    content = _content(model)
+    return {"bytes": len(content), "gzip_bytes": len(gzip.compress(content, compresslevel=9))}
+
+
+def tflite_latency(
+    model: TFLiteModel, runs: int = 200, warmup: int = 20, num_threads: int = 1
+) -> float:
+    """Median wall-clock milliseconds of one single-example inference in LiteRT.
+
+    The input is a fixed random example (quantized for integer inputs); `num_threads=1` measures
+    one core, as on a small robot computer.
+    """
+    if runs < 1:
+        raise ValueError(f"Expected runs >= 1. Received: runs={runs!r}.")
+    interpreter = _interpreter(model, num_threads=num_threads)
+    details = interpreter.get_input_details()[0]
+    shape = [1, *[int(d) for d in details["shape"][1:]]]
+    interpreter.resize_tensor_input(details["index"], shape)
+    interpreter.allocate_tensors()
+    details = interpreter.get_input_details()[0]
+    sample = np.random.default_rng(0).random(shape, dtype=np.float32)
+    interpreter.set_tensor(details["index"], _quantize(sample, details))
+    for _ in range(warmup):
+        interpreter.invoke()
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings) * 1000.0
+
+
+# === LiteRT helpers ===
+
+
+def _content(model: TFLiteModel) -> bytes:
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    path = Path(model)
+    if not path.is_file():
+        raise FileNotFoundError(f"No .tflite file at {path}. Received: model={str(path)!r}.")
+    return path.read_bytes()
+
+
+def _interpreter(model: TFLiteModel, num_threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=_content(model), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _quantize(x: np.ndarray, details: dict) -> np.ndarray:
+    dtype = details["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        scale, zero_point = details["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def _dequantize(y: np.ndarray, details: dict) -> np.ndarray:
+    if np.issubdtype(details["dtype"], np.integer):
+        scale, zero_point = details["quantization"]
+        return (y.astype(np.float32) - zero_point) * scale
+    return y.astype(np.float32)
