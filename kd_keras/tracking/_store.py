@@ -1,0 +1,137 @@
+"""Low-level MLflow access shared by runs and the registry: clients, probes, batched logging."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""Embedded store: a SQLite file in the working directory (`mlflow ui --backend-store-uri ...`)."""
+
+_MAX_PARAM_VALUE = 6000
+_BATCH = 100
+
+
+class TrackingError(RuntimeError):
+    """MLflow could not be reached or refused a request."""
+
+
+def resolve_tracking_uri(explicit: str | None, environment: Mapping[str, str]) -> str:
+    """`--tracking-uri`, else `MLFLOW_TRACKING_URI` from `environment`, else the SQLite default.
+
+    Library code does not read the environment itself: command-line entry points pass
+    `os.environ` here.
+    """
+    return explicit or environment.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def reachable(tracking_uri: str, timeout: float) -> str | None:
+    """`None` when the store answers, else why not (HTTP stores only; others are local)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        requests.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """Gets or creates experiment `name` (safe when two processes create it at once)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, str(v)[:_MAX_PARAM_VALUE]) for k, v in params.items()]
+    for chunk in _chunks(items, _BATCH):
+        client.log_batch(run_id, params=chunk, synchronous=True)
+
+
+def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for chunk in _chunks(items, _BATCH):
+        client.log_batch(run_id, tags=chunk, synchronous=True)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Sequence[Sequence]) -> None:
+    """Logs `[key, value, step, timestamp_ms]` rows."""
+    items = [Metric(k, float(v), int(ts), int(step)) for k, v, step, ts in metrics]
+    for chunk in _chunks(items, 10 * _BATCH):
+        client.log_batch(run_id, metrics=chunk, synchronous=True)
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
+    """`{"distill": {"alpha": 0.9}}` to `{"distill.alpha": "0.9"}`; lists become JSON."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple | Mapping):
+            flat[name] = json.dumps(value, default=str)
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def environment_tags(task: str | None) -> dict[str, str]:
+    """kd-keras, TensorFlow and tf_keras versions, the git commit when there is one, the task."""
+    tags = {"kd_keras.version": _version("kd-keras")}
+    for name, distribution in (("tensorflow", "tensorflow"), ("tf_keras", "tf-keras")):
+        tags[f"{name}.version"] = _version(distribution)
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if task:
+        tags["task"] = task
+    return tags
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib_metadata.version(distribution)
+    except importlib_metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path.cwd(),
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and len(commit) == 40 else None
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,71 @@
+"""Run plots: training curves and accuracy against model size (PNG files, no display needed)."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def training_curves(metrics: Sequence[Sequence], path: str | os.PathLike) -> Path | None:
+    """One panel per training (`teacher/…`, `distilled/…`), one line per metric, over epochs.
+
+    Args:
+        metrics: `[key, value, step, timestamp]` rows as logged by `MlflowCallback`.
+        path: the PNG to write.
+
+    Returns:
+        `path`, or `None` when there are no per-epoch metrics.
+    """
+    panels: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for key, value, step, _ in metrics:
+        panel, _, name = key.rpartition("/")
+        panels[panel or "training"][name].append((step, value))
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for axis, (panel, series) in zip(axes[0], sorted(panels.items())):
+        for name, points in sorted(series.items()):
+            steps, values = zip(*sorted(points))
+            axis.plot(steps, values, marker="o", markersize=3, label=name)
+        axis.set_title(panel)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def accuracy_vs_size(
+    points: Sequence[tuple[str, float, float]], path: str | os.PathLike, metric: str = "accuracy"
+) -> Path | None:
+    """Scatter of `(label, size_bytes, value)` points, size on a log axis.
+
+    Returns:
+        `path`, or `None` when there are no points.
+    """
+    if not points:
+        return None
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    for label, size, value in points:
+        axis.scatter(size / 1024, value)
+        axis.annotate(
+            label, (size / 1024, value), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    axis.set_xscale("log")
+    axis.set_xlabel("size (KiB)")
+    axis.set_ylabel(metric)
+    return _save(figure, path)
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
