@@ -20,6 +20,7 @@ from kd_keras.compress.quantize import (
     is_quantize_aware,
     quantize_aware,
     quantize_scope,
+    quantized_kernels,
     unsupported_layers,
 )
 from kd_keras.compress.select import (
@@ -42,6 +43,7 @@ __all__ = [
     "pruning_schedule",
     "quantize_aware",
     "quantize_scope",
+    "quantized_kernels",
     "save_curve",
     "sparsity_curve",
     "sparsity_report",

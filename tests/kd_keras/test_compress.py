@@ -7,7 +7,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras import Distiller, FeatureDistillation, LogitsDistillation, compress
-from kd_keras.compress.quantize import quantized_kernels
 from tests.helpers import assert_config_round_trip
 from tests.kd_keras.compress_helpers import (
     SHAPE,
@@ -109,7 +108,7 @@ def test_kd_aware_pruning_fine_tunes_checkpoints_and_strips(teacher, tmp_path):
     np.testing.assert_allclose(stripped.predict(x, verbose=0), kd.predict(x, verbose=0), atol=1e-4)
 
 
-def test_kd_aware_qat_with_hint_term_lowers_distillation_loss(teacher):
+def test_kd_aware_qat_with_hint_term_lowers_distillation_loss(teacher, tmp_path):
     teacher_model, x, y = teacher
     student = conv_bn_model(width=4, name="student", seed=1)
     qat = compress.quantize_aware(student)
@@ -127,6 +126,18 @@ def test_kd_aware_qat_with_hint_term_lowers_distillation_loss(teacher):
     after = kd.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)["distillation_loss"]
     assert after < 0.8 * before
     np.testing.assert_allclose(kd(x[:4]), qat(x[:4]), atol=1e-6)
+    # Checkpoint: weights and learned quantization ranges come back in a fresh Distiller.
+    kd.save_weights(tmp_path / "qat_ckpt")
+    fresh = compress.quantize_aware(conv_bn_model(width=4, name="student", seed=5))
+    restored = Distiller(
+        teacher_model,
+        fresh,
+        [LogitsDistillation(temperature=2.0), FeatureDistillation("features", layer, name="hint")],
+        [0.9, 0.1],
+        0.1,
+    )
+    restored.load_weights(tmp_path / "qat_ckpt").expect_partial()
+    np.testing.assert_allclose(restored.predict(x, verbose=0), kd.predict(x, verbose=0), atol=1e-5)
 
 
 def test_pqat_preserves_sparsity(teacher):
@@ -138,14 +149,14 @@ def test_pqat_preserves_sparsity(teacher):
     kd = Distiller(teacher_model, qat, LogitsDistillation(temperature=2.0), 0.9, 0.1)
     kd.compile(keras.optimizers.Adam(0.05), loss=CE)
     kd.fit(x, y, batch_size=16, epochs=2, verbose=0)
-    for name, kernel in quantized_kernels(kd).items():
+    for name, kernel in compress.quantized_kernels(kd).items():
         zeros = stripped.get_layer(name).kernel.numpy() == 0
         assert np.all(kernel.numpy()[zeros] == 0), name
         assert np.mean(kernel.numpy() == 0) == pytest.approx(0.5, abs=0.02)
     # Plain QAT lets the zeros drift: the scheme is what keeps them.
     plain = compress.quantize_aware(stripped, preserve_sparsity=False)
     _fit(plain, x, y, epochs=2, lr=0.05)
-    assert np.mean(quantized_kernels(plain)["conv2"].numpy() == 0) < 0.1
+    assert np.mean(compress.quantized_kernels(plain)["conv2"].numpy() == 0) < 0.1
 
 
 @keras.saving.register_keras_serializable(package="kd_keras_tests")
