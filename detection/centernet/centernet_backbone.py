@@ -37,8 +37,11 @@ def _conv_bn(x, filters, kernel, strides, name, activation="relu"):
 def _basic_block(x, filters, strides, name):
     """ResNet basic block: two 3×3 convs with a (projected when needed) identity shortcut."""
     shortcut = x
+    if strides != 1:
+        # ResNet-D shortcut: average-pool then a stride-1 1×1 conv, so every input pixel counts.
+        shortcut = keras.layers.AveragePooling2D(strides, name=f"{name}_pool")(shortcut)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, strides, f"{name}_proj", activation=None)
+        shortcut = _conv_bn(shortcut, filters, 1, 1, f"{name}_proj", activation=None)
     y = _conv_bn(x, filters, 3, strides, f"{name}_a")
     y = _conv_bn(y, filters, 3, 1, f"{name}_b", activation=None)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])

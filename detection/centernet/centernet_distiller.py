@@ -8,6 +8,8 @@ retaining and object-region masks, so the core `Distiller` needs no detection co
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -215,20 +217,36 @@ def centernet_distillation_terms(
     box_region: str = "gaussian",
     hint_weight: float = 0.0,
     hint_object_weight: float = 1.0,
+    student_layer_name: Callable[[str], str] | None = None,
 ) -> tuple[list[DistillationTerm], list[float]]:
-    """The detection KD terms whose weight is > 0, with their weights (an ablation switch each)."""
+    """The detection KD terms whose weight is > 0, with their weights (an ablation switch each).
+
+    Every term reads the same layer (`heatmap`, `size`, `offset`, `neck`) in teacher and student;
+    `student_layer_name` maps a name to the student's when TF-MOT has renamed its layers (e.g.
+    `lambda name: kd_keras.compress.wrapped_layer_name(qat_student, name)`).
+    """
+    rename = student_layer_name or (lambda name: name)
     candidates = [
         (
             heatmap_weight,
             lambda: HeatmapDistillation(
-                temperature, positive_retaining, core_threshold, name="heatmap_kd"
+                temperature,
+                positive_retaining,
+                core_threshold,
+                student_layer=rename("heatmap"),
+                name="heatmap_kd",
             ),
         ),
-        (size_weight, lambda: BoxDistillation("size", region=box_region, name="size_kd")),
-        (offset_weight, lambda: BoxDistillation("offset", region=box_region, name="offset_kd")),
+        (size_weight, lambda: BoxDistillation("size", rename("size"), box_region, name="size_kd")),
+        (
+            offset_weight,
+            lambda: BoxDistillation("offset", rename("offset"), box_region, name="offset_kd"),
+        ),
         (
             hint_weight,
-            lambda: ObjectHintDistillation(object_weight=hint_object_weight, name="hint"),
+            lambda: ObjectHintDistillation(
+                "neck", rename("neck"), object_weight=hint_object_weight, name="hint"
+            ),
         ),
     ]
     terms, weights = [], []
