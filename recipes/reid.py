@@ -1,0 +1,647 @@
+"""`python -m recipes.reid`: person re-identification teacher, students, KD, compression, int8.
+
+With no arguments it writes the built-in Market-1501-layout dataset (if absent), trains a teacher,
+a scratch student, a constant-temperature KD student and a dynamic-temperature KD student on the
+same budget, prunes and quantization-aware fine-tunes the dynamic-T student with the teacher,
+exports its embedding model to int8 TFLite and evaluates everything (Keras and LiteRT) under the
+Market-1501 protocol in one table. `--data DIR` takes a real Market-1501 folder. Every option is
+also a config key (`--config FILE`, `--set key=value`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tf_keras as keras
+import yaml
+
+from kd_keras import compress
+from kd_keras import config as config_lib
+from kd_keras.distiller import Distiller
+from kd_keras.export import tflite_latency, tflite_predict, to_tflite
+from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
+from kd_keras.profile import profile_model
+from kd_keras.report import format_table
+from kd_keras.terms import LogitsDistillation
+from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
+from reid.evaluation import evaluate_dataset, keras_embedder
+from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
+from reid.market1501 import Market1501, load_market1501
+from reid.models import build_reid_model, embedding_model, fold_bnneck
+from reid.sampler import PKSampler, pk_dataset
+from reid.synthetic import SyntheticConfig, ensure_synthetic_market1501
+
+ScheduleName = Literal["linear", "cosine", "exponential", "step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    backbone: Literal["resnet", "mobile"] = "resnet"
+    width: float = 0.5
+    embedding_dim: int = 64
+    blocks_per_stage: int = 1
+
+    def __post_init__(self):
+        config_lib.check(self.width > 0, "width", "> 0", self.width)
+        config_lib.check(self.embedding_dim >= 2, "embedding_dim", ">= 2", self.embedding_dim)
+        config_lib.check(
+            self.blocks_per_stage >= 1, "blocks_per_stage", ">= 1", self.blocks_per_stage
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+    """KD on the identity logits (temperature from `temperature` down to 1) and the embedding.
+
+    `schedule` is the dynamic-temperature schedule; with `compare_constant` a second student is
+    distilled at the constant `temperature` on the same budget. `embedding_kd` adds a term on the
+    embeddings (sizes may differ): `similarity` (batch similarity structure), `projection`
+    (learned projection, cosine) or `none`.
+    """
+
+    temperature: float = 4.0
+    schedule: ScheduleName = "cosine"
+    compare_constant: bool = True
+    logits_weight: float = 1.0
+    student_weight: float = 1.0
+    embedding_kd: Literal["similarity", "projection", "none"] = "similarity"
+    embedding_weight: float = 1.0
+
+    def __post_init__(self):
+        config_lib.check(self.temperature >= 1, "distill.temperature", ">= 1", self.temperature)
+        for key in ("logits_weight", "student_weight", "embedding_weight"):
+            value = getattr(self, key)
+            config_lib.check(value >= 0, f"distill.{key}", ">= 0", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSettings:
+    """Pruning (polynomial ramp to `sparsity`) then QAT, each fine-tuned with the teacher."""
+
+    enabled: bool = True
+    sparsity: float = 0.5
+    prune_steps: int = 150
+    qat_steps: int = 150
+    learning_rate: float = 0.0005
+
+    def __post_init__(self):
+        config_lib.check(0 <= self.sparsity < 1, "compress.sparsity", "in [0, 1)", self.sparsity)
+        config_lib.check(self.prune_steps >= 0, "compress.prune_steps", ">= 0", self.prune_steps)
+        config_lib.check(self.qat_steps >= 1, "compress.qat_steps", ">= 1", self.qat_steps)
+        config_lib.check(
+            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReIDConfig:
+    """Everything `recipes.reid` does; defaults reproduce the built-in run (< 10 min, 2 cores)."""
+
+    data: str | None = None
+    image_height: int = 64
+    image_width: int = 32
+    teacher: str | None = None
+    p: int = 8
+    k: int = 4
+    epochs: int = 10
+    steps_per_epoch: int = 60
+    teacher_epochs: int = 10
+    teacher_steps_per_epoch: int = 100
+    learning_rate: float = 0.003
+    label_smoothing: float = 0.1
+    margin: float = 0.3
+    augment: bool = True
+    seeds: tuple[int, ...] = (0,)
+    output_dir: str = "runs/reid"
+    latency_runs: int = 100
+    track: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "kd-keras-reid"
+    register_as: str | None = "reid-student"
+    teacher_model: ModelSpec = ModelSpec("resnet", 0.5, 64)
+    student_model: ModelSpec = ModelSpec("mobile", 0.5, 32)
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
+
+    def __post_init__(self):
+        for key in ("epochs", "steps_per_epoch", "teacher_epochs", "teacher_steps_per_epoch"):
+            config_lib.check(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
+        config_lib.check(self.p >= 2, "p", ">= 2", self.p)
+        config_lib.check(self.k >= 2, "k", ">= 2", self.k)
+        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        config_lib.check(
+            0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing
+        )
+        config_lib.check(self.margin >= 0, "margin", ">= 0", self.margin)
+        config_lib.check(self.image_height >= 16, "image_height", ">= 16", self.image_height)
+        config_lib.check(self.image_width >= 8, "image_width", ">= 8", self.image_width)
+        config_lib.check(len(self.seeds) >= 1, "seeds", "to list at least one seed", self.seeds)
+        config_lib.check(self.latency_runs >= 1, "latency_runs", ">= 1", self.latency_runs)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.image_height, self.image_width)
+
+
+def parse_config(argv: list[str] | None = None) -> ReIDConfig:
+    """Command line to a validated config: YAML file, then `--set`, then the named options."""
+    parser = argparse.ArgumentParser(prog="python -m recipes.reid", description=__doc__)
+    parser.add_argument("--config", help="YAML config file (keys as in ReIDConfig)")
+    parser.add_argument("--data", help="Market-1501 folder (default: the built-in dataset)")
+    parser.add_argument("--teacher", help="saved .keras ReID teacher (default: train one)")
+    parser.add_argument("--temperature", type=float, help="starting KD temperature")
+    parser.add_argument("--schedule", help="linear, cosine, exponential or step")
+    parser.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--output-dir", dest="output_dir")
+    parser.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default: env)")
+    parser.add_argument(
+        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    args = parser.parse_args(argv)
+    data = config_lib.load_yaml(args.config) if args.config else {}
+    data = config_lib.apply_overrides(data, args.set)
+    named = {
+        "data": args.data,
+        "teacher": args.teacher,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "output_dir": args.output_dir,
+        "tracking_uri": args.tracking_uri,
+        "track": args.track,
+        "distill.temperature": args.temperature,
+        "distill.schedule": args.schedule,
+    }
+    data = config_lib.apply_overrides(
+        data,
+        [
+            f"{key}={yaml.safe_dump(value).strip()}"
+            for key, value in named.items()
+            if value is not None
+        ],
+    )
+    return config_lib.from_dict(ReIDConfig, data)
+
+
+# === Stages ===
+
+
+def load_data(config: ReIDConfig) -> tuple[Market1501, str]:
+    """The user's Market-1501 folder, or the built-in one (written on first use)."""
+    if config.data is not None:
+        return load_market1501(config.data, config.image_size), config.data
+    root = Path(config.output_dir) / "market1501_synthetic"
+    synthetic = SyntheticConfig(image_size=config.image_size)
+    ensure_synthetic_market1501(root, synthetic)
+    return load_market1501(root, config.image_size), f"built-in synthetic ({root})"
+
+
+def load_teacher(path: str, data: Market1501, identities: int) -> keras.Model:
+    """Loads a `.keras` ReID training model in safe mode and checks it fits the data."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".keras":
+        raise ValueError(
+            "Expected --teacher to be an existing .keras file saved with tf_keras. "
+            f"Received: teacher={str(path)!r}."
+        )
+    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    if len(teacher.outputs) != 2 or tuple(teacher.input_shape[1:]) != data.input_shape:
+        raise ValueError(
+            "Expected a two-output ReID model from reid.models.build_reid_model taking "
+            f"{data.input_shape} images. Received: teacher={path} with input shape "
+            f"{teacher.input_shape} and {len(teacher.outputs)} output(s)."
+        )
+    if teacher.output_shape[1][-1] != identities:
+        raise ValueError(
+            f"The teacher classifies {teacher.output_shape[1][-1]} identities but the training "
+            f"split has {identities}. Received: teacher={path}."
+        )
+    return teacher
+
+
+def _optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
+
+
+def _train_plain(
+    model, dataset, epochs, steps, config, checkpoint_dir, callbacks=()
+) -> tuple[float, dict]:
+    model.compile(
+        _optimizer(config.learning_rate, epochs * steps),
+        loss=[TripletLoss(config.margin), IdentityLoss(config.label_smoothing)],
+    )
+    return _fit(model, dataset, epochs, steps, checkpoint_dir, callbacks)
+
+
+def _fit(model, dataset, epochs, steps, checkpoint_dir, callbacks=()) -> tuple[float, dict]:
+    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    start = time.perf_counter()
+    history = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        callbacks=[backup, *callbacks],
+        verbose=0,
+    )
+    return round(time.perf_counter() - start, 2), history.history
+
+
+def _terms(config: ReIDConfig, temperature, teacher, student) -> tuple[list, list]:
+    """Logits KD (+ embedding KD) terms, finding layers by name in possibly wrapped models."""
+    settings = config.distill
+
+    def name(model, layer):
+        return compress.wrapped_layer_name(model, layer)
+
+    terms = [
+        LogitsDistillation(
+            temperature=temperature,
+            teacher_layer=name(teacher, "logits"),
+            student_layer=name(student, "logits"),
+            name="logits_kd",
+        )
+    ]
+    weights = [settings.logits_weight]
+    if settings.embedding_kd != "none" and settings.embedding_weight > 0:
+        term = (
+            SimilarityDistillation
+            if settings.embedding_kd == "similarity"
+            else (ProjectionDistillation)
+        )
+        terms.append(
+            term(name(teacher, "embedding"), name(student, "embedding"), name="embedding_kd")
+        )
+        weights.append(settings.embedding_weight)
+    return terms, weights
+
+
+def _distill(
+    config, teacher, student, temperature, dataset, steps, epochs, checkpoint, lr, callbacks=()
+):
+    terms, weights = _terms(config, temperature, teacher, student)
+    distiller = Distiller(teacher, student, terms, weights, config.distill.student_weight)
+    distiller.compile(
+        _optimizer(lr, epochs * steps),
+        loss=ReIDLoss(config.label_smoothing, config.margin),
+    )
+    return _fit(distiller, dataset, epochs, steps, checkpoint, callbacks)
+
+
+def _keras_row(name, model, data, seconds, tflite_latency_ms, tflite_bytes) -> dict:
+    encoder = embedding_model(model)
+    result = evaluate_dataset(keras_embedder(encoder), data)
+    profile = profile_model(encoder)
+    return {
+        "model": name,
+        **result.as_dict(),
+        "params": profile.params,
+        "flops": profile.flops,
+        "size_bytes": tflite_bytes,
+        "latency_ms": tflite_latency_ms,
+        "train_seconds": seconds,
+        "runtime": "keras",
+    }
+
+
+def _float_tflite(model, config) -> tuple[float, int]:
+    flatbuffer = to_tflite(embedding_model(model), "float32")
+    return round(tflite_latency(flatbuffer, runs=config.latency_runs), 4), len(flatbuffer)
+
+
+def run(config: ReIDConfig) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
+    output = Path(config.output_dir)
+    data, source = load_data(config)
+    labels, person_ids = data.train.labels()
+    identities = len(person_ids)
+    if identities < config.p:
+        raise ValueError(
+            f"p={config.p} identities per batch, but the training split has only {identities}. "
+            f"Lower p. Received: p={config.p}."
+        )
+    teacher = load_teacher(config.teacher, data, identities) if config.teacher else None
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
+    session = _session(config)
+
+    def logged(prefix: str) -> list:
+        return [] if session is None else [session.callback(prefix)]
+
+    def dataset(steps: int, seed: int):
+        sampler = PKSampler(labels, config.p, config.k, seed=seed)
+        return pk_dataset(data.train.images, labels, sampler, steps, config.augment, seed)
+
+    def new_model(spec: ModelSpec, name: str) -> keras.Model:
+        return build_reid_model(
+            data.input_shape,
+            identities,
+            spec.backbone,
+            spec.width,
+            spec.embedding_dim,
+            spec.blocks_per_stage,
+            name=name,
+        )
+
+    rows, temperatures, runs = [], {}, []
+    teacher_seconds = None
+    if teacher is None:
+        keras.utils.set_random_seed(config.seeds[0])
+        teacher = new_model(config.teacher_model, "teacher")
+        steps, epochs = config.teacher_steps_per_epoch, config.teacher_epochs
+        teacher_seconds, _ = _train_plain(
+            teacher,
+            dataset(steps * epochs, config.seeds[0]),
+            epochs,
+            steps,
+            config,
+            output / "checkpoints/teacher",
+            logged("teacher"),
+        )
+        atomic_save_model(teacher, output / "teacher.keras")
+    rows.append(
+        _keras_row("teacher", teacher, data, teacher_seconds, *_float_tflite(teacher, config))
+    )
+
+    steps, epochs = config.steps_per_epoch, config.epochs
+    total = steps * epochs
+    settings = config.distill
+    variants = [("scratch", None)]
+    if settings.compare_constant:
+        variants.append(
+            ("KD constant T", dynamic_temperature("constant", settings.temperature, total))
+        )
+    variants.append(
+        (
+            f"KD dynamic T, {settings.schedule}",
+            dynamic_temperature(settings.schedule, settings.temperature, total),
+        )
+    )
+    distilled = None
+    for seed in config.seeds:
+        for label, temperature in variants:
+            keras.utils.set_random_seed(seed + 1)
+            student = new_model(config.student_model, "student")
+            tag = label.split(",")[0].replace(" ", "_")
+            checkpoint = output / "checkpoints" / f"{tag}_{seed}"
+            if temperature is None:
+                seconds, history = _train_plain(
+                    student,
+                    dataset(total, seed + 1),
+                    epochs,
+                    steps,
+                    config,
+                    checkpoint,
+                    logged(f"{tag}_{seed}"),
+                )
+            else:
+                seconds, history = _distill(
+                    config,
+                    teacher,
+                    student,
+                    temperature,
+                    dataset(total, seed + 1),
+                    steps,
+                    epochs,
+                    checkpoint,
+                    config.learning_rate,
+                    logged(f"{tag}_{seed}"),
+                )
+                temperatures[label] = [round(float(t), 4) for t in history["logits_kd_temperature"]]
+            row = _keras_row(f"student ({label})", student, data, seconds, None, None)
+            runs.append({"seed": seed, **row})
+            if seed == config.seeds[0]:
+                if label.startswith("KD dynamic"):
+                    distilled = student
+                latency, size = _float_tflite(student, config)
+                rows.append({**row, "latency_ms": latency, "size_bytes": size})
+    if len(config.seeds) > 1:
+        rows = _with_seed_means(rows, runs)
+    atomic_save_model(distilled, output / "student.keras")
+
+    artifacts = {
+        "teacher": str(output / "teacher.keras") if config.teacher is None else config.teacher,
+        "student": str(output / "student.keras"),
+    }
+    # Post-training int8 of the float distilled student: the reference for the QAT model.
+    folded = fold_bnneck(distilled, name="student_folded")
+    ptq_path = output / "student_ptq_int8.tflite"
+    ptq = to_tflite(
+        embedding_model(folded), "int8", representative_data=data.train.images, path=ptq_path
+    )
+    rows.append(_tflite_row("student (KD dynamic T, int8 PTQ)", ptq, folded, data, config, None))
+    artifacts["student_ptq_int8"] = str(ptq_path)
+    shipped, parity = ptq_path, None
+    if config.compress.enabled:
+        compressed, seconds, sparsity = _compress(config, teacher, folded, dataset, output)
+        encoder = embedding_model(compressed, name="student_embedding")
+        int8_path = output / "student_int8.tflite"
+        int8 = to_tflite(encoder, "int8", path=int8_path)
+        pruned = f"pruned {config.compress.sparsity:.0%} + " if sparsity > 0 else ""
+        name = f"student (KD dynamic T, {pruned}QAT, int8)"
+        rows.append(
+            {**_tflite_row(name, int8, folded, data, config, seconds), "sparsity": sparsity}
+        )
+        parity = _parity(encoder, int8, data)
+        artifacts["student_int8"] = str(int8_path)
+        shipped = int8_path
+
+    report = {
+        "task": "reid",
+        "data": source,
+        "train_images": len(data.train),
+        "train_identities": identities,
+        "query_images": len(data.query),
+        "gallery_images": len(data.gallery),
+        "rows": rows,
+        "seed_runs": runs,
+        "temperatures_per_epoch": temperatures,
+        "int8_parity": parity,
+        "artifacts": artifacts,
+    }
+    if session is not None:
+        report["mlflow"] = _record(session, config, report, artifacts, shipped, data)
+    atomic_write_json(output / "report.json", report)
+    return report
+
+
+def _session(config: ReIDConfig):
+    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
+    if not config.track:
+        return None
+    from kd_keras import tracking
+
+    return tracking.RunSession(
+        config.output_dir,
+        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
+        experiment=config.experiment,
+        task="reid",
+    )
+
+
+def _record(session, config, report, artifacts, shipped, data) -> dict:
+    """Logs the run (config, report, models) and registers the shipped int8 embedding model."""
+    shipped_row = report["rows"][-1]
+    record = session.finish(
+        config_lib.to_dict(config),
+        {key: value for key, value in report.items() if key != "seed_runs"},
+        artifacts,
+        tflite_path=shipped,
+        register_as=config.register_as,
+        input_example=data.query.images[:2],
+        calibration={
+            "dataset": report["data"],
+            "split": "bounding_box_train",
+            "examples": min(100, len(data.train)),
+        },
+        tflite_metrics={
+            "rank1": shipped_row["rank1"],
+            "mAP": shipped_row["mAP"],
+            "latency_ms": shipped_row["latency_ms"],
+            **(
+                {}
+                if report["int8_parity"] is None
+                else {"parity": report["int8_parity"]["mean_cosine"]}
+            ),
+        },
+    )
+    return {
+        "tracking_uri": record.tracking_uri,
+        "run_id": record.run_id,
+        "model_uri": record.model_uri,
+        "complete": record.complete,
+    }
+
+
+def _compress(config, teacher, folded, dataset, output):
+    """Prune (polynomial ramp) and QAT-fine-tune the folded student with the teacher."""
+    settings = config.compress
+    temperature = 1.0
+    seed = config.seeds[0] + 100
+    model, seconds = folded, 0.0
+    sparsity = 0.0
+    if settings.prune_steps > 0 and settings.sparsity > 0:
+        pruned = compress.prune(
+            folded,
+            settings.sparsity,
+            "polynomial",
+            end_step=max(1, settings.prune_steps * 2 // 3),
+            frequency=max(1, settings.prune_steps // 10),
+        )
+        spent, _ = _distill(
+            config,
+            teacher,
+            pruned,
+            temperature,
+            dataset(settings.prune_steps, seed),
+            settings.prune_steps,
+            1,
+            output / "checkpoints/prune",
+            settings.learning_rate,
+            callbacks=[compress.UpdatePruningStep()],
+        )
+        model = compress.strip(pruned)
+        seconds += spent
+        sparsity = compress.sparsity_report(model)["total"]
+    qat = compress.quantize_aware(model)
+    spent, _ = _distill(
+        config,
+        teacher,
+        qat,
+        temperature,
+        dataset(settings.qat_steps, seed + 1),
+        settings.qat_steps,
+        1,
+        output / "checkpoints/qat",
+        settings.learning_rate,
+    )
+    return qat, round(seconds + spent, 2), sparsity
+
+
+def _tflite_row(name, flatbuffer, reference, data, config, seconds) -> dict:
+    result = evaluate_dataset(lambda images: tflite_predict(flatbuffer, images), data)
+    profile = profile_model(embedding_model(reference))
+    return {
+        "model": name,
+        **result.as_dict(),
+        "params": profile.params,
+        "flops": profile.flops,
+        "size_bytes": len(flatbuffer),
+        "latency_ms": round(tflite_latency(flatbuffer, runs=config.latency_runs), 4),
+        "train_seconds": seconds,
+        "runtime": "litert int8",
+    }
+
+
+def _parity(encoder, flatbuffer, data) -> dict:
+    expected = np.asarray(encoder.predict(data.query.images, verbose=0))
+    actual = tflite_predict(flatbuffer, data.query.images)
+    cosine = np.sum(expected * actual, 1) / (
+        np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1) + 1e-12
+    )
+    return {
+        "mean_cosine": float(cosine.mean()),
+        "min_cosine": float(cosine.min()),
+        "max_abs_diff": float(np.abs(expected - actual).max()),
+        "examples": len(expected),
+    }
+
+
+def _with_seed_means(rows: list[dict], runs: list[dict]) -> list[dict]:
+    """Student rows get the mean and standard deviation of rank-1 and mAP over the seeds."""
+    result = []
+    for row in rows:
+        seeds = [r for r in runs if r["model"] == row["model"]]
+        if seeds:
+            row = dict(row)
+            for key in ("rank1", "mAP"):
+                values = np.array([r[key] for r in seeds])
+                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+            row["seeds"] = len(seeds)
+        result.append(row)
+    return result
+
+
+COLUMNS = [
+    ("model", "model", ""),
+    ("rank1", "rank-1", ".3f"),
+    ("rank5", "rank-5", ".3f"),
+    ("mAP", "mAP", ".3f"),
+    ("params", "params", ","),
+    ("flops", "FLOPs", ","),
+    ("size_bytes", "tflite (bytes)", ","),
+    ("latency_ms", "LiteRT (ms)", ".3f"),
+    ("train_seconds", "train (s)", ".1f"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+        report = run(config)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report["rows"], COLUMNS))
+    for label, values in report["temperatures_per_epoch"].items():
+        print(f"{label}: temperature per epoch {values}")
+    if report["int8_parity"]:
+        print(f"int8 vs Keras embedding cosine: mean {report['int8_parity']['mean_cosine']:.4f}")
+    print(
+        f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras, "
+        "student_int8.tflite"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from kd_keras import config as config_lib
+from kd_keras.export import tflite_predict
+from recipes import reid
+from reid.models import embedding_model
+from reid.synthetic import SyntheticConfig, write_synthetic_market1501
+
+CONFIGS = Path(reid.__file__).parent / "configs"
+TINY_DATA = SyntheticConfig(
+    train_identities=8,
+    test_identities=6,
+    cameras=3,
+    cameras_per_identity=2,
+    images_per_camera=2,
+    junk=2,
+    distractors=3,
+    image_size=(32, 16),
+)
+TINY = [
+    "--set", "image_height=32", "--set", "image_width=16", "--set", "p=4", "--set", "k=2",
+    "--epochs", "2", "--set", "steps_per_epoch=3", "--set", "teacher_epochs=1",
+    "--set", "teacher_steps_per_epoch=6", "--set", "compress.prune_steps=4",
+    "--set", "compress.qat_steps=4", "--set", "latency_runs=3",
+    "--set", "teacher_model.width=0.25", "--set", "student_model.width=0.125",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run(tmp_path):
+    data = write_synthetic_market1501(tmp_path / "market", TINY_DATA)
+    output = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [*TINY, "--data", str(data), "--output-dir", str(output), "--tracking-uri", uri]
+    assert reid.main(args) == 0
+    report = json.loads((output / "report.json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    assert list(rows) == [
+        "teacher",
+        "student (scratch)",
+        "student (KD constant T)",
+        "student (KD dynamic T, cosine)",
+        "student (KD dynamic T, int8 PTQ)",
+        "student (KD dynamic T, pruned 50% + QAT, int8)",
+    ]
+    for row in rows.values():
+        assert 0 <= row["rank1"] <= row["rank5"] <= 1 and 0 < row["mAP"] <= 1
+        assert row["valid_queries"] == 12 and row["latency_ms"] > 0 and row["size_bytes"] > 0
+    assert rows["teacher"]["params"] > 2 * rows["student (scratch)"]["params"]
+    int8 = rows["student (KD dynamic T, pruned 50% + QAT, int8)"]
+    assert int8["size_bytes"] < 0.75 * rows["student (KD dynamic T, cosine)"]["size_bytes"]
+    temperatures = report["temperatures_per_epoch"]
+    assert temperatures["KD constant T"] == [4.0, 4.0]
+    dynamic = temperatures["KD dynamic T, cosine"]
+    assert 1.0 < dynamic[1] < dynamic[0] < 4.0
+    # The int8 embedding model in LiteRT reproduces the Keras QAT model's embeddings.
+    assert report["int8_parity"]["mean_cosine"] > 0.98
+    # And the post-training int8 export reproduces the saved float student's embeddings.
+    student = keras.models.load_model(output / "student.keras")
+    images = np.stack(
+        [
+            np.asarray(keras.utils.load_img(p), np.float32) / 255.0
+            for p in sorted((data / "query").iterdir())
+        ]
+    )
+    expected = embedding_model(student).predict(images, verbose=0)
+    actual = tflite_predict(output / "student_ptq_int8.tflite", images)
+    cosine = np.sum(expected * actual, 1) / (
+        np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    )
+    assert cosine.mean() > 0.97
+    assert (output / "student_int8.tflite").is_file() and (
+        output / "student_int8.io.json"
+    ).is_file()
+
+
+def test_shipped_config_equals_defaults():
+    config = reid.parse_config(["--config", str(CONFIGS / "reid_market1501.yaml")])
+    assert config == reid.ReIDConfig()
+
+
+def test_named_options_override_config():
+    config = reid.parse_config(["--seeds", "0,1,2", "--schedule", "step", "--temperature", "6"])
+    assert config.seeds == (0, 1, 2)
+    assert config.distill.schedule == "step" and config.distill.temperature == 6.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "epoch=3"], "Unknown config key 'epoch'"),
+        (["--schedule", "hot"], "Allowed values: 'linear', 'cosine', 'exponential', 'step'"),
+        (["--set", "distill.embedding_kd=l2"], "Allowed values: 'similarity', 'projection'"),
+        (["--set", "p=1"], "Expected p >= 2"),
+        (["--set", "compress.sparsity=1.0"], "Expected compress.sparsity in [0, 1)"),
+        (["--data", "no/such/folder"], "Market-1501 folder not found"),
+        (["--teacher", "missing.keras", "--data", "."], "bounding_box_train"),
+    ],
+)
+def test_bad_options_fail_before_training(args, message, tmp_path, capsys):
+    assert reid.main([*args, "--output-dir", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_malformed_dataset_fails_before_training(tmp_path, capsys):
+    data = write_synthetic_market1501(tmp_path / "market", TINY_DATA)
+    next((data / "query").iterdir()).rename(data / "query" / "person_7.jpg")
+    assert reid.main(["--data", str(data), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "Received: filename='person_7.jpg'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_error_type():
+    with pytest.raises(config_lib.ConfigError):
+        reid.parse_config(["--set", "distill.temperature=0.5"])
