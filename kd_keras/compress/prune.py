@@ -76,6 +76,7 @@ def prune(
     initial_sparsity: float = 0.0,
     frequency: int = 10,
     m_by_n: tuple[int, int] | None = None,
+    exclude: Sequence[str] = (),
 ) -> keras.Model:
     """Wraps `model` for magnitude pruning (TF-MOT `prune_low_magnitude`); weights are kept.
 
@@ -93,6 +94,7 @@ def prune(
         initial_sparsity: starting sparsity of the polynomial ramp.
         frequency: steps between mask updates.
         m_by_n: `(m, n)`: m zeros in every n consecutive weights, e.g. `(2, 4)`.
+        exclude: names of layers left dense, e.g. a first conv with very few weights.
 
     Returns:
         A new functional model with pruning wrappers, sharing no state with `model`.
@@ -110,13 +112,29 @@ def prune(
     schedule_object = pruning_schedule(
         sparsity, schedule, begin_step, end_step, initial_sparsity, frequency
     )
+    names = [layer.name for layer in model.layers]
+    unknown = sorted(set(exclude) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Cannot exclude layers that model {model.name!r} does not have. Its layers are: "
+            f"{names}. Received: exclude={list(exclude)}."
+        )
+    # A private copy: TF-MOT's wrappers share the weights of the layers they wrap.
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    return _sparsity.prune_low_magnitude(
-        copy,
-        pruning_schedule=schedule_object,
-        sparsity_m_by_n=None if m_by_n is None else tuple(m_by_n),
-    )
+    kwargs = {
+        "pruning_schedule": schedule_object,
+        "sparsity_m_by_n": None if m_by_n is None else tuple(m_by_n),
+    }
+    if not exclude:
+        return _sparsity.prune_low_magnitude(copy, **kwargs)
+
+    def wrap(layer):
+        if layer.name in exclude or isinstance(layer, keras.layers.InputLayer):
+            return layer
+        return _sparsity.prune_low_magnitude(layer, **kwargs)
+
+    return keras.models.clone_model(copy, clone_function=wrap)
 
 
 class UpdatePruningStep(_sparsity.UpdatePruningStep):

@@ -46,6 +46,17 @@ def test_constant_pruning_reaches_sparsity_after_strip():
     assert compress.sparsity_report(model)["total"] == 0.0  # the original is left untouched
 
 
+def test_excluded_layers_stay_dense():
+    x, y = blob_data(32)
+    pruned = compress.prune(conv_bn_model(), 0.5, frequency=1, exclude=["conv1"])
+    assert "conv1" in [layer.name for layer in pruned.layers]  # not wrapped
+    _fit(pruned, x, y, callbacks=[compress.UpdatePruningStep()])
+    report = compress.sparsity_report(compress.strip(pruned))
+    assert report["conv1"] == 0.0 and report["conv2"] == 0.5 and report["logits"] == 0.5
+    with pytest.raises(ValueError, match="Cannot exclude layers.*Received: exclude=\\['nope'\\]"):
+        compress.prune(conv_bn_model(), 0.5, exclude=["nope"])
+
+
 def test_polynomial_schedule_ramps_to_final_sparsity():
     schedule = compress.pruning_schedule(0.8, "polynomial", begin_step=0, end_step=10, frequency=1)
     values = [float(schedule(tf.constant(step))[1]) for step in (0, 5, 10)]
