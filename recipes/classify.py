@@ -3,13 +3,18 @@
 With no arguments it runs on scikit-learn's bundled digits. `--data DIR` takes an image folder
 with one subfolder per class; `--teacher PATH` a saved `.keras` teacher; `--classes 0,3,7` trains
 a student for a subset of the teacher's classes; `--offline` distills from cached teacher outputs.
-Every option is also a config key (`--config FILE`, `--set key=value`).
+The distilled student is then compressed for the robot: `--prune SPARSITY|auto` (TF-MOT magnitude
+pruning, `auto` picks the knee of the accuracy-vs-sparsity curve), `--qat` (quantization-aware
+training), both fine-tuned with the teacher, and `--export float32|float16|dynamic|int8` writes a
+`.tflite` that is measured in LiteRT. Every option is also a config key (`--config FILE`,
+`--set key=value`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,9 +24,9 @@ import numpy as np
 import tf_keras as keras
 import yaml
 
+from kd_keras import compress, export, offline, schedules
 from kd_keras import config as config_lib
 from kd_keras import data as data_lib
-from kd_keras import offline, schedules
 from kd_keras.distiller import Distiller
 from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.models import build_cnn_classifier
@@ -31,6 +36,7 @@ from kd_keras.subset import ClassSubset, parse_classes, save_class_mapping
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
+ExportMode = Literal["float32", "float16", "dynamic", "int8"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,68 @@ class DistillSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompressSettings:
+    """How the distilled student becomes the file that ships.
+
+    `prune` is the final sparsity of every Conv/Dense kernel (null or 0 = no pruning; `auto` =
+    the knee of the accuracy-vs-sparsity curve over `candidates`, after adaptive BN, or the
+    highest candidate within `max_drop` of the unpruned accuracy). Pruning ramps up along a
+    polynomial schedule during `finetune_epochs` epochs of distillation from the teacher; `qat`
+    then runs as many epochs of quantization-aware distillation (sparsity-preserving after
+    pruning). `keep_dense` names layers left unpruned: by default the first conv, whose few
+    weights (3·3·channels per filter) carry most of the accuracy lost when pruning it. `export`
+    writes `student_<mode>.tflite`, measured in LiteRT.
+    """
+
+    prune: float | Literal["auto"] | None = 0.5
+    qat: bool = True
+    export: ExportMode | None = "int8"
+    finetune_epochs: int = 8
+    learning_rate: float = 0.001
+    keep_dense: tuple[str, ...] = ("stage1_block1_conv",)
+    candidates: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    max_drop: float | None = None
+    int8_io: bool = False
+    latency_runs: int = 200
+
+    def __post_init__(self):
+        if self.prune not in (None, "auto"):
+            config_lib.check(0 <= self.prune < 1, "compress.prune", "in [0, 1) or auto", self.prune)
+        config_lib.check(
+            self.finetune_epochs >= 1, "compress.finetune_epochs", ">= 1", self.finetune_epochs
+        )
+        config_lib.check(
+            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
+        )
+        config_lib.check(
+            len(self.candidates) >= 2 and all(0 < c < 1 for c in self.candidates),
+            "compress.candidates",
+            "to hold at least two sparsities in (0, 1)",
+            self.candidates,
+        )
+        config_lib.check(
+            self.max_drop is None or self.max_drop >= 0, "compress.max_drop", ">= 0", self.max_drop
+        )
+        config_lib.check(self.latency_runs >= 1, "compress.latency_runs", ">= 1", self.latency_runs)
+        if self.qat and self.export not in ("int8", None):
+            raise config_lib.ConfigError(
+                "compress.qat=true trains the student for int8 inference, so it exports as int8. "
+                "Use export=int8, or qat=false for a float16/dynamic/float32 file. "
+                f"Received: qat=True, export={self.export!r}."
+            )
+        if self.int8_io and self.export != "int8":
+            raise config_lib.ConfigError(
+                "compress.int8_io=true needs export=int8. "
+                f"Received: int8_io=True, export={self.export!r}."
+            )
+
+    @property
+    def sparsity(self) -> float | Literal["auto"] | None:
+        """The sparsity to prune to, `"auto"`, or None when pruning is off."""
+        return None if self.prune in (None, 0, 0.0) else self.prune
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifyConfig:
     """Everything `recipes.classify` does; defaults reproduce the built-in digits run."""
 
@@ -100,6 +168,7 @@ class ClassifyConfig:
     teacher_model: ModelSize = ModelSize(width=2.0, depth=1, dropout=0.3)
     student_model: ModelSize = ModelSize(width=0.25, depth=1)
     distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
 
     def __post_init__(self):
         config_lib.check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
@@ -133,6 +202,18 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--output-dir", dest="output_dir")
     parser.add_argument(
+        "--prune", metavar="SPARSITY|auto", help="final sparsity in [0, 1), 0 = off, or auto"
+    )
+    parser.add_argument(
+        "--qat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quantization-aware distillation before export (--no-qat to skip)",
+    )
+    parser.add_argument(
+        "--export", choices=["float32", "float16", "dynamic", "int8", "none"], help="TFLite file"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
     )
     args = parser.parse_args(argv)
@@ -149,12 +230,28 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
         "distill.temperature": args.temperature,
         "distill.alpha": args.alpha,
         "distill.schedule": args.schedule,
+        "compress.prune": _prune_value(args.prune),
+        "compress.qat": args.qat,
+        "compress.export": None if args.export is None else args.export,
     }
-    overrides = [f"{key}={yaml.safe_dump(value).strip()}" for key, value in named.items()]
+    overrides = [
+        f"{key}={'null' if value == 'none' else yaml.safe_dump(value).strip()}"
+        for key, value in named.items()
+    ]
     data = config_lib.apply_overrides(
         data, [o for o, v in zip(overrides, named.values()) if v is not None]
     )
     return config_lib.from_dict(ClassifyConfig, data)
+
+
+def _prune_value(text: str | None):
+    """`--prune 0.5` -> 0.5, `--prune auto` -> "auto"; anything else is left to validation."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 # === Stages ===
@@ -187,19 +284,19 @@ def load_teacher(path: str, dataset: data_lib.ImageDataset) -> keras.Model:
     return teacher
 
 
-def _compile(model: keras.Model, config: ClassifyConfig, loss=True) -> None:
+def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rate=None) -> None:
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
 
 
-def _fit(model, dataset, epochs: int, checkpoint_dir: Path) -> float:
+def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
     """Fits with a resumable backup; returns wall-clock seconds."""
     backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
     start = time.perf_counter()
-    model.fit(dataset, epochs=epochs, callbacks=[backup], verbose=0)
+    model.fit(dataset, epochs=epochs, callbacks=[*callbacks, backup], verbose=0)
     return time.perf_counter() - start
 
 
@@ -287,6 +384,15 @@ def run(config: ClassifyConfig) -> dict:
         save_class_mapping(student_path, subset)
     rows.append(_row("student (distilled)", student, x_test, y_test, seconds))
 
+    compression = None
+    settings = config.compress
+    if settings.sparsity is not None or settings.qat or settings.export is not None:
+        keras.utils.set_random_seed(config.seed + 2)
+        compression, compressed_rows = compress_student(
+            config, teacher, student, subset, x_train, y_train, x_test, y_test, output
+        )
+        rows.extend(compressed_rows)
+
     report = {
         "task": "classification",
         "data": config.data or "sklearn digits (built-in)",
@@ -298,15 +404,20 @@ def run(config: ClassifyConfig) -> dict:
             "teacher": str(output / "teacher.keras") if config.teacher is None else config.teacher,
             "student": str(student_path),
             "student_scratch": str(output / "student_scratch.keras"),
+            **({} if compression is None else compression.pop("artifacts")),
         },
+        "compression": compression,
     }
     atomic_write_json(output / "report.json", report)
     return report
 
 
-def _distiller(config, teacher, student, subset, x_train, y_train, augmentation, output):
+def _distiller(
+    config, teacher, student, subset, x_train, y_train, augmentation, output, epochs=None
+):
     settings = config.distill
-    steps = config.epochs * int(np.ceil(len(x_train) / config.batch_size))
+    epochs = config.epochs if epochs is None else epochs
+    steps = epochs * int(np.ceil(len(x_train) / config.batch_size))
     terms = [
         LogitsDistillation(
             temperature=settings.temperature_schedule(steps),
@@ -318,12 +429,18 @@ def _distiller(config, teacher, student, subset, x_train, y_train, augmentation,
     weights = [settings.alpha]
     if settings.hint_weight > 0:
         terms.append(
-            FeatureDistillation("features", "features", loss=settings.hint_loss, name="hint")
+            FeatureDistillation(
+                "features",
+                compress.wrapped_layer_name(student, "features"),
+                loss=settings.hint_loss,
+                name="hint",
+            )
         )
         weights.append(settings.hint_weight)
     if config.offline:
         cache = offline.compute_teacher_outputs(teacher, x_train)
-        offline.save_teacher_cache(cache, output / "teacher_cache")
+        if not (output / "teacher_cache").exists():
+            offline.save_teacher_cache(cache, output / "teacher_cache")
         distiller = Distiller(
             None,
             student,
@@ -344,8 +461,147 @@ def _distiller(config, teacher, student, subset, x_train, y_train, augmentation,
     return distiller, dataset
 
 
-def _row(name, model, x, y, seconds, subset=None) -> dict:
-    profile = profile_model(model)
+# === Compression ===
+
+
+def compress_student(config, teacher, student, subset, x_train, y_train, x_test, y_test, output):
+    """Prunes and/or quantizes the distilled student with the teacher, then exports it.
+
+    Returns `(details, rows)`: what was done (chosen sparsity, curve, parity, I/O parameters,
+    artifacts) and the table rows of the compressed Keras student and of the `.tflite` in LiteRT.
+    """
+    settings = config.compress
+    details: dict = {"artifacts": {}}
+    rows = []
+    model, name_parts, seconds = student, [], 0.0
+    steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
+    sparsity = settings.sparsity
+    if sparsity == "auto":
+        curve = _choose_sparsity(config, student, x_train, y_train)
+        details["sparsity_curve"] = curve.as_dict()
+        details["artifacts"].update(
+            {f"sparsity_curve_{k}": v for k, v in compress.save_curve(curve, output).items()}
+        )
+        sparsity = curve.chosen if curve.chosen > 0 else None
+    if sparsity is not None:
+        # Polynomial ramp over the first 60% of fine-tuning; the rest recovers at full sparsity.
+        frequency = max(1, int(0.6 * settings.finetune_epochs * steps_per_epoch) // 10)
+        pruned = compress.prune(
+            model,
+            sparsity,
+            "polynomial",
+            end_step=10 * frequency,
+            frequency=frequency,
+            exclude=settings.keep_dense,
+        )
+        seconds += _fine_tune(config, teacher, pruned, subset, x_train, y_train, output, "pruned")
+        model = compress.strip(pruned)
+        details["sparsity"] = compress.sparsity_report(model)
+        name_parts.append(f"pruned {sparsity:.0%}")
+    if settings.qat:
+        qat = compress.quantize_aware(model, preserve_sparsity=sparsity is not None)
+        seconds += _fine_tune(config, teacher, qat, subset, x_train, y_train, output, "qat")
+        model = qat
+        name_parts.append("QAT")
+    if name_parts:
+        name = f"student ({', '.join(name_parts)})"
+        row = _row(name, model, x_test, y_test, seconds, profiled=student)
+        row["sparsity"] = _kernel_sparsity(model)
+        row["size_bytes"] = None  # fake-quantized Keras model: its deployable size is the .tflite
+        rows.append(row)
+    if settings.export is not None:
+        rows.append(_export(config, model, x_train, x_test, y_test, output, details))
+    return details, rows
+
+
+def _choose_sparsity(config, student, x_train, y_train) -> compress.SparsityCurve:
+    """One-shot prune at each candidate, adaptive BN on 4 training batches, pick the knee.
+
+    Scored on the training examples: the test set stays untouched for the final report.
+    """
+    settings = config.compress
+    calibration = [
+        x_train[i : i + config.batch_size]
+        for i in range(0, min(len(x_train), 4 * config.batch_size), config.batch_size)
+    ]
+    sparsities, accuracies = compress.sparsity_curve(
+        student,
+        settings.candidates,
+        lambda model: _accuracy(model, x_train, y_train),
+        calibration,
+    )
+    return compress.choose_sparsity(sparsities, accuracies, settings.max_drop)
+
+
+def _fine_tune(config, teacher, model, subset, x_train, y_train, output, stage: str) -> float:
+    """Distills into the compressed `model` (pruning step advanced when pruned); seconds."""
+    settings = config.compress
+    distiller, dataset = _distiller(
+        config,
+        teacher,
+        model,
+        subset,
+        x_train,
+        y_train,
+        None,
+        output,
+        epochs=settings.finetune_epochs,
+    )
+    _compile(distiller, config, learning_rate=settings.learning_rate)
+    callbacks = [compress.UpdatePruningStep()] if compress.is_pruned(model) else []
+    return _fit(
+        distiller,
+        dataset,
+        settings.finetune_epochs,
+        output / f"checkpoints/student_{stage}",
+        callbacks,
+    )
+
+
+def _kernel_sparsity(model: keras.Model) -> float:
+    """Fraction of zeros over the Conv/Dense kernels of a plain or quantization-aware model."""
+    kernels = compress.quantized_kernels(model)
+    if not kernels:
+        return compress.sparsity_report(model)["total"]
+    values = np.concatenate([k.numpy().reshape(-1) for k in kernels.values()])
+    return float(np.mean(values == 0))
+
+
+def _export(config, model, x_train, x_test, y_test, output, details) -> dict:
+    """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""
+    settings = config.compress
+    mode = settings.export
+    path = output / f"student_{mode}.tflite"
+    needs_calibration = mode == "int8" and not compress.is_quantize_aware(model)
+    export.to_tflite(
+        model,
+        mode,
+        # Calibration images go through the training preprocessing (no augmentation).
+        representative_data=x_train if needs_calibration else None,
+        int8_io=settings.int8_io,
+        path=path,
+    )
+    size = export.tflite_size(path)
+    details["export"] = {
+        "mode": mode,
+        "io": json.loads(export.io_json_path(path).read_text()),
+        "parity": export.parity_report(model, path, x_test),
+    }
+    details["artifacts"]["student_tflite"] = str(path)
+    details["artifacts"]["student_tflite_io"] = str(export.io_json_path(path))
+    return {
+        "model": f"student ({mode} TFLite, LiteRT)",
+        "accuracy": export.evaluate_tflite(path, x_test, y_test),
+        "size_bytes": size["bytes"],
+        "gzip_bytes": size["gzip_bytes"],
+        "latency_ms": export.tflite_latency(path, runs=settings.latency_runs),
+        "sparsity": _kernel_sparsity(model),
+    }
+
+
+def _row(name, model, x, y, seconds, subset=None, profiled=None) -> dict:
+    """A table row; `profiled` is the float model whose cost is reported (default `model`)."""
+    profile = profile_model(model if profiled is None else profiled)
     return {
         "model": name,
         "accuracy": _accuracy(model, x, y, subset),
@@ -362,6 +618,9 @@ COLUMNS = [
     ("params", "params", ","),
     ("flops", "FLOPs", ","),
     ("size_bytes", "size (bytes)", ","),
+    ("gzip_bytes", "gzip (bytes)", ","),
+    ("sparsity", "sparsity", ".2f"),
+    ("latency_ms", "LiteRT (ms)", ".4f"),
     ("train_seconds", "train (s)", ".1f"),
 ]
 
@@ -374,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_table(report["rows"], COLUMNS))
-    print(f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras")
+    names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
+    print(f"\nartifacts in {config.output_dir}: {', '.join(dict.fromkeys(names))}")
     return 0
 
 

@@ -21,7 +21,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_quantize_registry,
 )
 
-from kd_keras.compress.prune import check_functional, is_pruned
+from kd_keras.compress.prune import check_functional, is_pruned, sparsity_report
 
 _quantization = tfmot.quantization.keras
 _PACKAGE = "kd_keras"
@@ -139,8 +139,6 @@ def quantize_aware(
             f"Received: layers={[layer.name for layer in missing]}."
         )
     if preserve_sparsity is None:
-        from kd_keras.compress.prune import sparsity_report
-
         report = sparsity_report(model)
         preserve_sparsity = any(v >= 0.2 for k, v in report.items() if k != "total")
 

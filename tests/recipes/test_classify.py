@@ -10,7 +10,18 @@ from kd_keras.models import build_cnn_classifier
 from kd_keras.subset import load_class_mapping
 from recipes import classify
 
-FAST = ["--epochs", "2", "--set", "teacher_epochs=3", "--set", "teacher_model.width=0.5"]
+FAST = [
+    "--epochs",
+    "2",
+    "--set",
+    "teacher_epochs=3",
+    "--set",
+    "teacher_model.width=0.5",
+    "--set",
+    "compress.finetune_epochs=1",
+    "--set",
+    "compress.latency_runs=20",
+]
 CONFIGS = Path(classify.__file__).parent / "configs"
 
 
@@ -25,7 +36,13 @@ def default_run(tmp_path_factory):
 def test_default_run_reports_three_models(default_run):
     report = json.loads((default_run / "report.json").read_text())
     rows = {row["model"]: row for row in report["rows"]}
-    assert list(rows) == ["teacher", "student (scratch)", "student (distilled)"]
+    assert list(rows) == [
+        "teacher",
+        "student (scratch)",
+        "student (distilled)",
+        "student (pruned 50%, QAT)",
+        "student (int8 TFLite, LiteRT)",
+    ]
     assert rows["teacher"]["accuracy"] > 0.6  # ten classes: chance is 0.1
     for row in rows.values():
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -36,6 +53,53 @@ def test_default_run_reports_three_models(default_run):
     assert student.output_shape == (None, 10)
     saved = classify.parse_config(["--config", str(default_run / "config.yaml")])
     assert saved.epochs == 2 and saved.teacher_epochs == 3
+
+
+@pytest.mark.slow
+def test_default_run_ships_pruned_int8_student_checked_in_litert(default_run):
+    from kd_keras import export
+
+    report = json.loads((default_run / "report.json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    qat, tflite = rows["student (pruned 50%, QAT)"], rows["student (int8 TFLite, LiteRT)"]
+    # 50% of every kernel but the first conv's (kept dense): just under 50% overall.
+    sparsity = report["compression"]["sparsity"]
+    assert sparsity["stage1_block1_conv"] == 0.0 and sparsity["logits"] == pytest.approx(0.5)
+    assert 0.45 < sparsity["total"] < 0.5
+    assert qat["sparsity"] == pytest.approx(sparsity["total"])  # zeros survive QAT (PQAT)
+    assert tflite["sparsity"] == qat["sparsity"]
+    path = Path(report["artifacts"]["student_tflite"])
+    assert path == default_run / "student_int8.tflite"
+    assert tflite["size_bytes"] == path.stat().st_size
+    assert tflite["gzip_bytes"] < tflite["size_bytes"]
+    assert tflite["size_bytes"] < rows["student (distilled)"]["size_bytes"] / 3
+    assert tflite["latency_ms"] > 0
+    # The LiteRT accuracy is measured, and the int8 file agrees with its Keras model.
+    assert abs(tflite["accuracy"] - qat["accuracy"]) <= 0.03
+    parity = report["compression"]["export"]["parity"]
+    assert parity["top1_agreement"] >= 0.97 and parity["examples"] == report["test_examples"]
+    io = json.loads((default_run / "student_int8.io.json").read_text())
+    assert io == json.loads(json.dumps(report["compression"]["export"]["io"]))
+    assert io["inputs"][0]["shape"] == [1, 8, 8, 1] and io["mode"] == "int8"
+    assert export.io_details(path)["outputs"][0]["dtype"] == io["outputs"][0]["dtype"]
+
+
+@pytest.mark.slow
+def test_auto_sparsity_without_qat_exports_dynamic(default_run, tmp_path):
+    teacher = str(default_run / "teacher.keras")
+    args = [*FAST, "--teacher", teacher, "--prune", "auto", "--no-qat", "--export", "dynamic"]
+    args += ["--set", "compress.candidates=[0.5,0.9]"]
+    assert classify.main([*args, "--output-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    curve = json.loads((tmp_path / "sparsity_curve.json").read_text())
+    assert curve["sparsities"] == [0.0, 0.5, 0.9] and curve["method"] == "knee"
+    assert curve["chosen"] in curve["sparsities"]
+    assert (tmp_path / "sparsity_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert report["compression"]["sparsity_curve"] == curve
+    names = [row["model"] for row in report["rows"]]
+    assert names[-1] == "student (dynamic TFLite, LiteRT)"
+    assert (tmp_path / "student_dynamic.tflite").is_file()
+    assert report["compression"]["export"]["io"]["inputs"][0]["dtype"] == "float32"
 
 
 @pytest.mark.slow
@@ -51,6 +115,22 @@ def test_task_specified_offline_run_with_given_teacher(default_run, tmp_path):
     assert load_class_mapping(tmp_path / "student.keras").class_indices == (0, 3, 7)
     assert (tmp_path / "teacher_cache" / "outputs.npy").is_file()
     assert not (tmp_path / "teacher.keras").exists()  # the given teacher is not retrained
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], (0.5, True, "int8")),
+        (["--prune", "auto"], ("auto", True, "int8")),
+        (["--prune", "0.7", "--no-qat", "--export", "float16"], (0.7, False, "float16")),
+        (["--prune", "0", "--no-qat", "--export", "none"], (0.0, False, None)),
+        (["--qat", "--export", "int8", "--set", "compress.prune=null"], (None, True, "int8")),
+    ],
+)
+def test_compression_flags(args, expected):
+    settings = classify.parse_config(args).compress
+    assert (settings.prune, settings.qat, settings.export) == expected
+    assert settings.sparsity == (None if expected[0] in (None, 0.0) else expected[0])
 
 
 def test_shipped_config_equals_defaults():
@@ -69,6 +149,13 @@ def test_shipped_config_equals_defaults():
         (["--classes", "0,x"], "Expected comma-separated class indices"),
         (["--classes", "0,12"], "Class 12 does not exist"),
         (["--data", "no/such/folder"], "Image folder not found"),
+        (["--prune", "1.5"], "Expected compress.prune in [0, 1) or auto"),
+        (["--prune", "most"], "compress.prune"),
+        (["--export", "float16"], "compress.qat=true trains the student for int8"),
+        (
+            ["--no-qat", "--export", "dynamic", "--set", "compress.int8_io=true"],
+            "needs export=int8",
+        ),
     ],
 )
 def test_bad_options_fail_before_training(args, message, tmp_path, capsys):
