@@ -66,13 +66,13 @@ class DistillSettings:
     (learned projection, cosine) or `none`.
     """
 
-    temperature: float = 4.0
-    schedule: ScheduleName = "cosine"
+    temperature: float = 8.0
+    schedule: ScheduleName = "exponential"
     compare_constant: bool = True
-    logits_weight: float = 1.0
+    logits_weight: float = 0.25
     student_weight: float = 1.0
     embedding_kd: Literal["similarity", "projection", "none"] = "similarity"
-    embedding_weight: float = 1.0
+    embedding_weight: float = 10.0
 
     def __post_init__(self):
         config_lib.check(self.temperature >= 1, "distill.temperature", ">= 1", self.temperature)
@@ -86,9 +86,9 @@ class CompressSettings:
     """Pruning (polynomial ramp to `sparsity`) then QAT, each fine-tuned with the teacher."""
 
     enabled: bool = True
-    sparsity: float = 0.5
+    sparsity: float = 0.3
     prune_steps: int = 150
-    qat_steps: int = 150
+    qat_steps: int = 200
     learning_rate: float = 0.0005
 
     def __post_init__(self):
