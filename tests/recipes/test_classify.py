@@ -33,7 +33,7 @@ def default_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_default_run_reports_three_models(default_run):
+def test_default_run_reports_five_models(default_run):
     report = json.loads((default_run / "report.json").read_text())
     rows = {row["model"]: row for row in report["rows"]}
     assert list(rows) == [
