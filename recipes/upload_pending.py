@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kd_keras import tracking
-from kd_keras.tracking.runs import PENDING
+from kd_keras.tracking.upload import PENDING
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from kd_keras.tracking._store import (
     flatten,
     resolve_tracking_uri,
 )
+from kd_keras.tracking.describe import describe_distiller, describe_model
 from kd_keras.tracking.pyfunc import save_tflite_model, tflite_signature
 from kd_keras.tracking.registry import (
     CHALLENGER,
@@ -21,14 +22,8 @@ from kd_keras.tracking.registry import (
     promote,
     register_version,
 )
-from kd_keras.tracking.runs import (
-    MlflowCallback,
-    RunRecord,
-    RunSession,
-    TrackingWarning,
-    record_run,
-    upload_pending,
-)
+from kd_keras.tracking.runs import MlflowCallback, RunSession, TrackingWarning, record_run
+from kd_keras.tracking.upload import RunRecord, upload_pending
 
 __all__ = [
     "CHALLENGER",
@@ -41,6 +36,8 @@ __all__ = [
     "RunSession",
     "TrackingError",
     "TrackingWarning",
+    "describe_distiller",
+    "describe_model",
     "flatten",
     "promote",
     "record_run",

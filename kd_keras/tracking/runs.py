@@ -3,12 +3,12 @@
 Everything a run would log is first written to `<output_dir>/mlflow/pending.json` with the files it
 refers to, and only then sent. If the store cannot be reached, or stops answering mid-run, training
 carries on, a `TrackingWarning` says what was not logged, and `upload_pending(output_dir)`
-(`python -m recipes.upload_pending DIR`) sends it later. Nothing here raises into training.
+(`python -m recipes.upload_pending DIR`, `upload.py`) sends it later. Nothing here raises into
+training.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import warnings
@@ -20,49 +20,21 @@ import tf_keras as keras
 from mlflow import MlflowClient
 
 from kd_keras.io import atomic_write_json
-from kd_keras.tracking import _store, plots, registry
+from kd_keras.tracking import _store, plots
 from kd_keras.tracking.pyfunc import save_tflite_model
-
-PENDING = Path("mlflow") / "pending.json"
-RECORD = Path("mlflow") / "run.json"
-MODEL_ARTIFACT = "tflite_model"
+from kd_keras.tracking.upload import (
+    MODEL_ARTIFACT,
+    PENDING,
+    RunRecord,
+    completed,
+    short_error,
+    steps,
+    upload,
+)
 
 
 class TrackingWarning(UserWarning):
     """Something was not logged to MLflow; it is kept on disk for `upload_pending`."""
-
-
-@dataclasses.dataclass
-class RunRecord:
-    """Where a run went.
-
-    Attributes:
-        tracking_uri: the store the run was (or will be) sent to.
-        experiment: the experiment name.
-        run_id: the MLflow run, `None` if none could be created.
-        model_name: registered model name, when the TFLite student was registered.
-        model_version: its version (alias `challenger`).
-        pending_file: the replay file when something was not logged, else `None`.
-        not_logged: what is missing from the store (empty when complete).
-    """
-
-    tracking_uri: str
-    experiment: str
-    run_id: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    pending_file: Path | None = None
-    not_logged: list[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return self.pending_file is None
-
-    @property
-    def model_uri(self) -> str | None:
-        if self.model_version is None:
-            return None
-        return f"models:/{self.model_name}/{self.model_version}"
 
 
 class RunSession:
@@ -216,16 +188,16 @@ class RunSession:
         pending = atomic_write_json(self.output_dir / PENDING, bundle)
 
         if not self._start():
-            return self._pending(bundle, pending, _steps(bundle, 0), self.problem)
+            return self._pending(bundle, pending, steps(bundle, 0), self.problem)
         bundle["partial_run_id"] = self.run_id
         done: list[str] = []
         try:
-            version = _upload(self._client, self.run_id, bundle, self._sent, done)
+            version = upload(self._client, self.run_id, bundle, self._sent, done)
         except Exception as error:  # noqa: BLE001
             self._stop("uploading the run", error)
-            remaining = [s for s in _steps(bundle, self._sent) if s not in done]
+            remaining = [s for s in steps(bundle, self._sent) if s not in done]
             return self._pending(bundle, pending, remaining, self.problem)
-        return _completed(self, bundle, pending, self.run_id, version)
+        return completed(self.tracking_uri, self.output_dir, bundle, self.run_id, version)
 
     # === Internals ===
 
@@ -249,7 +221,7 @@ class RunSession:
         return True
 
     def _stop(self, action: str, error) -> None:
-        self.problem = f"{action} at {self.tracking_uri} failed ({_short(error)})"
+        self.problem = f"{action} at {self.tracking_uri} failed ({short_error(error)})"
         warnings.warn(
             f"MLflow tracking stopped: {self.problem}. Training continues; the run is kept on "
             f"disk and the end of the run says what was not logged.",
@@ -339,120 +311,6 @@ def record_run(
     return session.finish(config, report, artifacts, **finish_kwargs)
 
 
-def upload_pending(
-    directory: str | os.PathLike, tracking_uri: str | None = None, probe_timeout: float = 5.0
-) -> RunRecord:
-    """Sends a run that could not be logged (`<directory>/mlflow/pending.json`) as a new run.
-
-    Args:
-        directory: the run's output directory.
-        tracking_uri: the store to send it to (default: the one the run was meant for).
-        probe_timeout: seconds to wait for an HTTP store's `/health`.
-
-    Raises:
-        FileNotFoundError: no pending run in `directory`, or one of its files is gone.
-        TrackingError: the store is still unreachable; the pending file is kept.
-    """
-    import json
-
-    pending = Path(directory) / PENDING
-    if not pending.is_file():
-        raise FileNotFoundError(
-            f"No pending MLflow run in {directory}: expected {pending}. Received: "
-            f"directory={str(directory)!r}."
-        )
-    bundle = json.loads(pending.read_text())
-    missing = [p for p, _ in bundle["artifacts"] if not Path(p).exists()]
-    if bundle["model"] and not Path(bundle["model"]).exists():
-        missing.append(bundle["model"])
-    if missing:
-        raise FileNotFoundError(
-            f"The pending run refers to files that no longer exist: {', '.join(missing)}. "
-            f"Restore them or rerun the recipe. Received: directory={str(directory)!r}."
-        )
-    uri = tracking_uri or bundle["tracking_uri"]
-    problem = _store.reachable(uri, probe_timeout)
-    if problem is not None:
-        raise _store.TrackingError(f"The tracking server at {uri} is unreachable: {problem}.")
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        experiment_id = _store.experiment_id(
-            client, bundle["experiment"], bundle["artifact_location"]
-        )
-        run = client.create_run(experiment_id, run_name=bundle["run_name"], tags=bundle["tags"])
-        version = _upload(client, run.info.run_id, bundle, 0, [])
-    except Exception as error:
-        raise _store.TrackingError(
-            f"Uploading the pending run to {uri} failed ({_short(error)}); {pending} is kept."
-        ) from error
-    partial = bundle.get("partial_run_id")
-    if partial:
-        try:
-            client.set_tag(partial, "kd_keras.superseded_by", run.info.run_id)
-            client.set_terminated(partial, "FAILED")
-        except Exception:  # noqa: BLE001, S110 - the partial run may live in another store
-            pass
-    session = RunSession(directory, tracking_uri=uri, experiment=bundle["experiment"])
-    return _completed(session, bundle, pending, run.info.run_id, version)
-
-
-def _upload(client: MlflowClient, run_id: str, bundle: dict, sent: int, done: list) -> str | None:
-    """Sends the bundle to `run_id` (metrics from index `sent`); appends finished step names."""
-    steps = iter(_steps(bundle, sent))
-    _store.log_params(client, run_id, bundle["params"])
-    done.append(next(steps))
-    _store.log_tags(client, run_id, bundle["tags"])
-    done.append(next(steps))
-    _store.log_metrics(client, run_id, bundle["metrics"][sent:])
-    done.append(next(steps))
-    for path, artifact_dir in bundle["artifacts"]:
-        if Path(path).is_dir():
-            client.log_artifacts(run_id, path, f"{artifact_dir}/{Path(path).name}")
-        else:
-            client.log_artifact(run_id, path, artifact_dir)
-        done.append(next(steps))
-    version = None
-    if bundle["model"]:
-        client.log_artifacts(run_id, bundle["model"], MODEL_ARTIFACT)
-        done.append(next(steps))
-        if bundle["register_as"]:
-            tags = {**bundle["version_tags"], "task": bundle["tags"].get("task", "")}
-            version = registry.register_version(
-                client, bundle["register_as"], run_id, MODEL_ARTIFACT, tags
-            )
-            done.append(next(steps))
-    client.set_terminated(run_id, "FINISHED")
-    return version
-
-
-def _steps(bundle: dict, sent: int) -> list[str]:
-    steps = [
-        f"{len(bundle['params'])} params",
-        f"{len(bundle['tags'])} tags",
-        f"{len(bundle['metrics']) - sent} metric values",
-    ]
-    steps += [f"artifact {Path(p).name} ({d}/)" for p, d in bundle["artifacts"]]
-    if bundle["model"]:
-        steps.append(f"TFLite pyfunc model ({MODEL_ARTIFACT}/)")
-        if bundle["register_as"]:
-            steps.append(f"registration as {bundle['register_as']!r} with alias 'challenger'")
-    return steps
-
-
-def _completed(session, bundle, pending: Path, run_id: str, version) -> RunRecord:
-    record = RunRecord(
-        session.tracking_uri,
-        bundle["experiment"],
-        run_id=run_id,
-        model_name=bundle["register_as"],
-        model_version=version,
-    )
-    fields = {k: v for k, v in dataclasses.asdict(record).items() if k != "not_logged"}
-    atomic_write_json(session.output_dir / RECORD, {**fields, "problems": bundle["problems"]})
-    pending.unlink(missing_ok=True)
-    return record
-
-
 def _report_metrics(report: Mapping) -> dict[str, float]:
     metrics = {k: float(v) for k, v in report.items() if _is_number(v)}
     for row in report.get("rows", []):
@@ -477,17 +335,9 @@ def _artifact_dir(path: Path) -> str:
     return {".keras": "models", ".tflite": "tflite"}.get(path.suffix, "files")
 
 
-def _short(error) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    name = type(error).__name__ if isinstance(error, BaseException) else ""
-    return f"{name}: {text}"[:300] if name else text[:300]
-
-
 __all__ = [
     "MlflowCallback",
-    "RunRecord",
     "RunSession",
     "TrackingWarning",
     "record_run",
-    "upload_pending",
 ]

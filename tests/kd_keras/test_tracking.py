@@ -84,13 +84,14 @@ def train(session: tracking.RunSession | None, output: Path, epochs: int, extra_
     student.save(output / "student.keras")
     tflite = make_tflite(student, x, output / "student_int8.tflite")
     accuracy = float(np.mean(np.argmax(litert_predict(tflite, x), -1) == y))
-    return history.history, tflite, x, accuracy
+    return history.history, tflite, x, accuracy, tracking.describe_distiller(distiller)
 
 
 CONFIG = {"epochs": 3, "distill": {"temperature": 6.0, "schedule": "step", "alpha": 0.9}}
+PARAMS = 4 + 25 + 3  # config, distiller description, calibration
 
 
-def finish(session, output, tflite, x, accuracy, register_as="tiny-student"):
+def finish(session, output, tflite, x, accuracy, described, register_as="tiny-student"):
     return session.finish(
         CONFIG,
         {
@@ -103,7 +104,7 @@ def finish(session, output, tflite, x, accuracy, register_as="tiny-student"):
         input_example=x[:2],
         calibration={"dataset": "tiny random", "examples": len(x), "seed": 0},
         tflite_metrics={"accuracy": accuracy},
-        params={"student.name": "student", "teacher.name": "teacher"},
+        params={"distiller": described},
     )
 
 
@@ -123,8 +124,8 @@ def recorded(store, tmp_path_factory):
         task="classification",
         artifact_location=store["artifacts"],
     )
-    history, tflite, x, accuracy = train(session, output, epochs=3)
-    record = finish(session, output, tflite, x, accuracy)
+    history, tflite, x, accuracy, described = train(session, output, epochs=3)
+    record = finish(session, output, tflite, x, accuracy, described)
     return {
         "record": record,
         "history": history,
@@ -156,7 +157,10 @@ def test_params_metrics_tags_and_artifacts_in_store(recorded):
     params = run.data.params
     assert params["distill.alpha"] == "0.9" and params["distill.schedule"] == "step"
     assert params["calibration.dataset"] == "tiny random" and params["calibration.examples"] == "4"
-    assert params["teacher.name"] == "teacher"
+    assert params["distiller.teacher.name"] == "teacher"
+    assert params["distiller.student.params"] == "55"
+    assert params["distiller.terms.logits_kd.temperature.config.values"] == "[6.0, 4.0, 2.0]"
+    assert params["distiller.terms.logits_kd.weight.value"] == "0.9"
     tags = run.data.tags
     assert tags["task"] == "classification"
     assert tags["tensorflow.version"] == tf.__version__
@@ -272,13 +276,15 @@ def test_unreachable_store_keeps_run_and_upload_sends_it(store, tmp_path, capsys
         probe_timeout=0.5,
     )
     with pytest.warns(tracking.TrackingWarning, match="reaching the tracking server"):
-        history, tflite, x, accuracy = train(session, tmp_path, epochs=2)
+        history, tflite, x, accuracy, described = train(session, tmp_path, epochs=2)
     assert len(history["loss"]) == 2  # training finished
     with pytest.warns(tracking.TrackingWarning, match="upload them later"):
-        record = finish(session, tmp_path, tflite, x, accuracy, register_as="offline-student")
+        record = finish(
+            session, tmp_path, tflite, x, accuracy, described, register_as="offline-student"
+        )
     assert not record.complete and record.run_id is None
     per_epoch = 2 * len(history)  # every Keras log of both epochs
-    assert record.not_logged[0] == "9 params"
+    assert record.not_logged[0] == f"{PARAMS} params"
     assert record.not_logged[2] == f"{per_epoch + 4} metric values"  # + report and TFLite values
     assert "registration as 'offline-student' with alias 'challenger'" in record.not_logged
     assert record.pending_file == tmp_path / "mlflow" / "pending.json"
@@ -346,6 +352,12 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(15)
+        deadline = time.monotonic() + 15  # the worker may outlive the parent for a moment
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -370,12 +382,14 @@ def test_server_stopped_mid_run_loses_nothing(server, tmp_path):
         task="classification",
         probe_timeout=1.0,
     )
-    with pytest.warns(tracking.TrackingWarning, match="reaching the tracking server"):
-        history, tflite, x, accuracy = train(session, tmp_path, 4, [StopServer()])
+    with pytest.warns(tracking.TrackingWarning, match="MLflow tracking stopped"):
+        history, tflite, x, accuracy, described = train(session, tmp_path, 4, [StopServer()])
     assert len(history["loss"]) == 4
     partial_run = session.run_id
-    with pytest.warns(tracking.TrackingWarning, match="Not logged: 9 params"):
-        record = finish(session, tmp_path, tflite, x, accuracy, register_as="remote-student")
+    with pytest.warns(tracking.TrackingWarning, match=f"Not logged: {PARAMS} params"):
+        record = finish(
+            session, tmp_path, tflite, x, accuracy, described, register_as="remote-student"
+        )
     assert not record.complete and record.run_id == partial_run
     assert (tmp_path / "student.keras").is_file() and tflite.is_file()
     assert (tmp_path / "mlflow" / "tflite_model" / "MLmodel").is_file()
