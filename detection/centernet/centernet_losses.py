@@ -133,15 +133,14 @@ class CenterNetLoss(keras.losses.Loss):
             + self.offset_weight * masked_l1_loss(y_true["offset"], y_pred["offset"])
         )
 
-    def per_head_losses(self) -> tuple[dict, dict]:
-        """`(loss, loss_weights)` dicts for `model.compile` on a plain CenterNet model."""
-        losses = {"heatmap": HeatmapFocalLoss(), "size": MaskedL1Loss(), "offset": MaskedL1Loss()}
-        weights = {
-            "heatmap": self.heatmap_weight,
-            "size": self.size_weight,
-            "offset": self.offset_weight,
-        }
-        return losses, weights
+    def per_head_losses(self) -> tuple[list, list]:
+        """`(loss, loss_weights)` lists, in output order, for `model.compile` on a plain model.
+
+        Lists (not dicts keyed by layer name) keep working after TF-MOT renames the output
+        layers (`quant_heatmap`); train on `(images, (heatmap, size, offset))`.
+        """
+        losses = [HeatmapFocalLoss(), MaskedL1Loss(name="size_l1"), MaskedL1Loss(name="offset_l1")]
+        return losses, [self.heatmap_weight, self.size_weight, self.offset_weight]
 
     def get_config(self):
         return {

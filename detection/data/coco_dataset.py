@@ -105,14 +105,18 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def subset(self, count: int) -> CocoDataset:
-        """The first `count` images (and their ground truth), for quick runs."""
-        records = self.records[:count]
+    def select(self, indices) -> CocoDataset:
+        """The images at `indices` (positions in `records`) with their ground truth."""
+        records = [self.records[int(i)] for i in indices]
         keep = {r.image_id for r in records}
         data = dict(self.coco.dataset)
         data["images"] = [i for i in data["images"] if i["id"] in keep]
         data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
         return dataclasses.replace(self, records=records, coco=_coco_from_dict(data))
+
+    def subset(self, count: int) -> CocoDataset:
+        """The first `count` images (and their ground truth), for quick runs."""
+        return self.select(range(min(count, len(self.records))))
 
 
 def _coco_from_dict(data: dict) -> COCO:

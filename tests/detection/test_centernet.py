@@ -163,6 +163,6 @@ def test_plain_model_trains_with_per_head_losses():
     boxes = np.array([[4, 4, 20, 20]], np.float32)
     targets = encode_targets(boxes, np.array([1]), (32, 32), 2)
     x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
-    y = {k: np.repeat(v[None], 2, axis=0) for k, v in targets.items()}
+    y = tuple(np.repeat(targets[k][None], 2, axis=0) for k in ("heatmap", "size", "offset"))
     history = model.fit(x, y, epochs=8, batch_size=2, verbose=0)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]

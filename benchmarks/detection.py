@@ -1,0 +1,173 @@
+"""Detection benchmark: input pipeline vs training speed, LiteRT latency, and the KD ablation.
+
+    python benchmarks/detection.py [--seeds 0 1 2] [--epochs 30] [--skip-ablation]
+
+(1) Images/s of the tf.data pipeline alone (read, augment, encode targets) against images/s of a
+    training step (scratch student, and the distiller with the teacher's forward pass), measured in
+    the same process; the pipeline must run at least 2x faster than the fastest step.
+(2) LiteRT single-image latency of the int8 student against the float32 teacher (one thread).
+(3) The ablation on the built-in dataset, per seed: scratch student, student + each KD component
+    (heatmap, box, hint), full KD, teacher and int8 student, all on COCOeval AP; then the mean
+    and spread of (full KD − scratch) over seeds and of (int8 − float student).
+Prints the figures and ratios; writes `<output>/benchmark.json`. Not a test; never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pipeline_vs_training(config, batches: int = 20) -> dict:
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from detection.centernet import build_centernet
+    from detection.data import detection_dataset
+    from recipes import detect
+
+    train, _, _ = detect.load_data(config)
+    size = (config.image_size, config.image_size)
+    dataset = detection_dataset(train, size, config.batch_size, training=True, seed=0).repeat()
+    iterator = iter(dataset)
+    for _ in range(3):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    pipeline = batches * config.batch_size / (time.perf_counter() - start)
+
+    # Training speed on batches already in memory, so the step alone is timed.
+    cached = list(dataset.take(4))
+    images = tf.stack([batch[0] for batch in cached])
+    targets = tuple(tf.stack([batch[1][i] for batch in cached]) for i in range(3))
+    memory = tf.data.Dataset.from_tensor_slices((images, targets)).repeat()
+
+    def build(role, size_config):
+        return build_centernet(
+            (*size, 3), train.num_classes, size_config.backbone, size_config.width,
+            size_config.depth, name=role,
+        )  # fmt: skip
+
+    def images_per_second(fit) -> float:
+        fit(memory.take(3))
+        start = time.perf_counter()
+        fit(memory.take(batches))
+        return batches * config.batch_size / (time.perf_counter() - start)
+
+    steps = {}
+    teacher = build("teacher", config.teacher_model)
+    student = build("student", config.student_model)
+    for name, model in (("teacher", teacher), ("student (scratch)", student)):
+        losses, weights = detect.CenterNetLoss().per_head_losses()
+        model.compile(keras.optimizers.Adam(1e-3), losses, loss_weights=weights)
+        steps[name] = images_per_second(lambda d, m=model: m.fit(d, verbose=0))
+    terms, weights = config.distill.terms(1000)
+    distiller = detect.CenterNetDistiller(teacher, build("student_kd", config.student_model),
+                                          terms, weights)  # fmt: skip
+    distiller.compile(keras.optimizers.Adam(1e-3))
+    steps["student (distilled)"] = images_per_second(lambda d: distiller.fit(d, verbose=0))
+    fastest = max(steps.values())
+    return {
+        "pipeline_images_per_s": round(pipeline, 1),
+        "train_images_per_s": {k: round(v, 1) for k, v in steps.items()},
+        "pipeline_over_fastest_step": round(pipeline / fastest, 2),
+    }
+
+
+def ablation(config, seeds, output: Path) -> dict:
+    from recipes import detect
+
+    runs = []
+    teacher_path = None
+    for seed in seeds:
+        run_config = detect.config_lib.from_dict(
+            detect.DetectConfig,
+            {
+                **detect.config_lib.to_dict(config),
+                "seed": seed,
+                "ablation": True,
+                "teacher": teacher_path,
+                "output_dir": str(output / f"seed{seed}"),
+            },
+        )
+        report = detect.run(run_config)
+        if teacher_path is None:
+            teacher_path = report["artifacts"]["teacher"]
+        runs.append({row["model"]: row for row in report["rows"]})
+        print(f"seed {seed}: " + ", ".join(f"{k} AP {v['AP']:.3f}" for k, v in runs[-1].items()))
+    names = list(runs[0])
+    table = {}
+    for name in names:
+        values = [run[name]["AP"] for run in runs]
+        table[name] = {
+            "AP_mean": statistics.fmean(values),
+            "AP_std": statistics.pstdev(values),
+            "AP": values,
+            "AP50_mean": statistics.fmean(run[name]["AP50"] for run in runs),
+        }
+    margins = [r["student (distilled)"]["AP"] - r["student (scratch)"]["AP"] for r in runs]
+    int8 = [
+        r["student (distilled, int8 LiteRT)"]["AP"] - r["student (distilled)"]["AP"] for r in runs
+    ]
+    return {
+        "seeds": list(seeds),
+        "table": table,
+        "full_kd_minus_scratch_AP": margins,
+        "int8_minus_float_AP": int8,
+        "latency_ms": {
+            "teacher float32": runs[0]["teacher"]["latency_ms"],
+            "student int8": runs[0]["student (distilled, int8 LiteRT)"]["latency_ms"],
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="student and teacher epochs")
+    parser.add_argument("--skip-ablation", action="store_true")
+    parser.add_argument("--output", default="runs/benchmark_detection")
+    args = parser.parse_args()
+
+    from recipes import detect
+
+    overrides = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+    if args.epochs is not None:
+        overrides += ["--set", f"teacher_epochs={args.epochs}"]
+    config = detect.parse_config(overrides)
+    output = Path(args.output)
+    result = {"speed": pipeline_vs_training(config)}
+    speed = result["speed"]
+    print(f"input pipeline: {speed['pipeline_images_per_s']} images/s")
+    for name, value in speed["train_images_per_s"].items():
+        print(f"training step, {name}: {value} images/s")
+    print(f"pipeline / fastest training step: {speed['pipeline_over_fastest_step']}x (want >= 2)")
+    if not args.skip_ablation:
+        result["ablation"] = ablation(config, args.seeds, output)
+        table = result["ablation"]["table"]
+        print("\nAP on the built-in validation set (mean ± std over seeds):")
+        for name, row in table.items():
+            print(f"  {name:34s} {row['AP_mean']:.3f} ± {row['AP_std']:.3f}")
+        margins = result["ablation"]["full_kd_minus_scratch_AP"]
+        print(f"full KD − scratch AP: {[round(m, 3) for m in margins]}")
+        int8 = result["ablation"]["int8_minus_float_AP"]
+        print(f"int8 − float student AP: {[round(m, 3) for m in int8]}")
+        latency = result["ablation"]["latency_ms"]
+        print(
+            f"LiteRT latency: int8 student {latency['student int8']:.2f} ms, float teacher "
+            f"{latency['teacher float32']:.2f} ms "
+            f"({latency['teacher float32'] / latency['student int8']:.1f}x faster)"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""`python -m recipes.detect`: CenterNet teacher, scratch and distilled students, int8, COCOeval.
+
+With no arguments it generates the built-in shapes-on-photos COCO dataset (if absent), trains a
+teacher, a student from scratch and a distilled student with the same budget, prunes and
+quantization-aware fine-tunes the distilled student (still distilling), exports it to full-int8
+TFLite, scores everything with COCOeval (the int8 model running in LiteRT) and prints the table.
+`--data DIR --annotations FILE` trains on a real COCO-format dataset; `--teacher PATH` reuses a
+saved teacher. Every option is also a config key (`--config FILE`, `--set key=value`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tf_keras as keras
+import yaml
+
+from detection.centernet import CenterNetLoss, build_centernet
+from detection.centernet.centernet_distiller import (
+    CenterNetDistiller,
+    centernet_distillation_terms,
+)
+from detection.data import (
+    AnnotationError,
+    CocoDataset,
+    detection_dataset,
+    ensure_shapes_dataset,
+    load_coco_dataset,
+    load_images,
+)
+from detection.evaluation import evaluate_detector, keras_predictor
+from detection.litert import LiteRTDetector
+from kd_keras import compress, schedules
+from kd_keras import config as config_lib
+from kd_keras.export import tflite_latency, tflite_size, to_tflite
+from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
+from kd_keras.profile import profile_model
+from kd_keras.report import format_table
+
+ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    backbone: Literal["resnet", "mobilenet"] = "resnet"
+    width: float = 1.0
+    depth: int = 1
+
+    def __post_init__(self):
+        config_lib.check(self.width > 0, "width", "> 0", self.width)
+        config_lib.check(self.depth >= 1, "depth", ">= 1", self.depth)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+    """Detection KD components; a weight of 0 switches a component off.
+
+    `temperature` softens the heatmap logits of both networks (T² scale); with a `schedule` other
+    than constant it moves to `final_temperature` over training. `positive_retaining` keeps the
+    labelled centres (and, with `core_threshold`, the Gaussian cores) as hard positives.
+    """
+
+    heatmap_weight: float = 1.0
+    temperature: float = 2.0
+    schedule: ScheduleName = "constant"
+    final_temperature: float = 1.0
+    positive_retaining: bool = True
+    core_threshold: float | None = None
+    size_weight: float = 0.1
+    offset_weight: float = 1.0
+    box_region: Literal["gaussian", "centres"] = "gaussian"
+    hint_weight: float = 0.5
+    hint_object_weight: float = 1.0
+    student_loss_weight: float = 1.0
+
+    def __post_init__(self):
+        for key in ("heatmap_weight", "size_weight", "offset_weight", "hint_weight"):
+            value = getattr(self, key)
+            config_lib.check(value >= 0, f"distill.{key}", ">= 0", value)
+        config_lib.check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
+        config_lib.check(
+            self.final_temperature > 0, "distill.final_temperature", "> 0", self.final_temperature
+        )
+        if self.core_threshold is not None:
+            config_lib.check(
+                0 < self.core_threshold <= 1,
+                "distill.core_threshold",
+                "in (0, 1] or null",
+                self.core_threshold,
+            )
+
+    def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
+        start, end = self.temperature, self.final_temperature
+        if self.schedule == "constant":
+            return schedules.Constant(start)
+        if self.schedule == "step":
+            return schedules.Step([max(1, total_steps // 2)], [start, end])
+        return schedules.SCHEDULES[self.schedule](start, end, max(1, total_steps))
+
+    def terms(self, total_steps: int, student_layer_name=None, only: str | None = None):
+        """The KD terms and weights; `only` keeps one component (`heatmap`, `box` or `hint`)."""
+        weights = {
+            "heatmap_weight": self.heatmap_weight,
+            "size_weight": self.size_weight,
+            "offset_weight": self.offset_weight,
+            "hint_weight": self.hint_weight,
+        }
+        if only is not None:
+            keep = {"heatmap": ("heatmap_weight",), "box": ("size_weight", "offset_weight")}
+            keep["hint"] = ("hint_weight",)
+            weights = {k: (v if k in keep[only] else 0.0) for k, v in weights.items()}
+        return centernet_distillation_terms(
+            temperature=self.temperature_schedule(total_steps),
+            positive_retaining=self.positive_retaining,
+            core_threshold=self.core_threshold,
+            box_region=self.box_region,
+            hint_object_weight=self.hint_object_weight,
+            student_layer_name=student_layer_name,
+            **weights,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSettings:
+    """Pruning (skipped at sparsity 0) then QAT (skipped at 0 epochs), both while distilling."""
+
+    prune_sparsity: float = 0.3
+    prune_epochs: int = 2
+    qat_epochs: int = 3
+    learning_rate: float = 0.0005
+    calibration_images: int = 64
+
+    def __post_init__(self):
+        config_lib.check(
+            0 <= self.prune_sparsity < 1,
+            "compress.prune_sparsity",
+            "in [0, 1)",
+            self.prune_sparsity,
+        )
+        config_lib.check(self.prune_epochs >= 0, "compress.prune_epochs", ">= 0", self.prune_epochs)
+        config_lib.check(self.qat_epochs >= 0, "compress.qat_epochs", ">= 0", self.qat_epochs)
+        config_lib.check(
+            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectConfig:
+    """Everything `recipes.detect` does; defaults reproduce the built-in run."""
+
+    data: str | None = None
+    annotations: str | None = None
+    val_data: str | None = None
+    val_annotations: str | None = None
+    val_fraction: float = 0.2
+    on_bad_annotations: Literal["raise", "skip"] = "raise"
+    builtin_dir: str = "runs/detect_data/shapes"
+    builtin_train: int = 480
+    builtin_val: int = 120
+    image_size: int = 128
+    augment: bool = True
+    teacher: str | None = None
+    teacher_epochs: int = 30
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 0.002
+    seed: int = 0
+    ablation: bool = False
+    latency_runs: int = 100
+    output_dir: str = "runs/detect"
+    teacher_model: ModelSize = ModelSize("resnet", 1.0, 2)
+    student_model: ModelSize = ModelSize("resnet", 0.25, 1)
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
+
+    def __post_init__(self):
+        config_lib.check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        config_lib.check(self.teacher_epochs >= 1, "teacher_epochs", ">= 1", self.teacher_epochs)
+        config_lib.check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
+        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+        config_lib.check(
+            self.image_size >= 32 and self.image_size % 16 == 0,
+            "image_size",
+            "a multiple of 16, at least 32",
+            self.image_size,
+        )
+        config_lib.check(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
+        config_lib.check(self.latency_runs >= 1, "latency_runs", ">= 1", self.latency_runs)
+        if (self.data is None) != (self.annotations is None):
+            raise config_lib.ConfigError(
+                "A real dataset needs both --data DIR (images) and --annotations FILE (COCO "
+                f"JSON). Received: data={self.data!r}, annotations={self.annotations!r}."
+            )
+        if (self.val_data is None) != (self.val_annotations is None):
+            raise config_lib.ConfigError(
+                "A validation set needs both val_data and val_annotations. Received: "
+                f"val_data={self.val_data!r}, val_annotations={self.val_annotations!r}."
+            )
+
+
+def parse_config(argv: list[str] | None = None) -> DetectConfig:
+    """Command line to a validated config: YAML file, then `--set`, then the named options."""
+    parser = argparse.ArgumentParser(prog="python -m recipes.detect", description=__doc__)
+    parser.add_argument("--config", help="YAML config file (keys as in DetectConfig)")
+    parser.add_argument("--data", help="COCO images folder (default: the built-in dataset)")
+    parser.add_argument("--annotations", help="COCO instances JSON for --data")
+    parser.add_argument("--teacher", help="saved .keras CenterNet teacher (default: train one)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--ablation", action="store_true", default=None)
+    parser.add_argument("--output-dir", dest="output_dir")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    args = parser.parse_args(argv)
+    data = config_lib.load_yaml(args.config) if args.config else {}
+    data = config_lib.apply_overrides(data, args.set)
+    named = {
+        "data": args.data,
+        "annotations": args.annotations,
+        "teacher": args.teacher,
+        "epochs": args.epochs,
+        "ablation": args.ablation,
+        "output_dir": args.output_dir,
+        "distill.temperature": args.temperature,
+    }
+    overrides = [
+        f"{key}={yaml.safe_dump(value).strip()}"
+        for key, value in named.items()
+        if value is not None
+    ]
+    return config_lib.from_dict(DetectConfig, config_lib.apply_overrides(data, overrides))
+
+
+# === Stages ===
+
+
+def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
+    """Train and validation sets (generating the built-in one if needed) and a description."""
+    on_error = config.on_bad_annotations
+    if config.data is None:
+        paths = ensure_shapes_dataset(
+            config.builtin_dir,
+            num_train=config.builtin_train,
+            num_val=config.builtin_val,
+            image_size=config.image_size,
+            seed=0,
+        )
+        train = load_coco_dataset(*paths["train"], on_error=on_error)
+        val = load_coco_dataset(*paths["val"], on_error=on_error)
+        return train, val, f"built-in shapes on photos ({config.builtin_dir})"
+    train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
+    if config.val_data is not None:
+        val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)
+    else:
+        train, val = _split(train, config.val_fraction, config.seed)
+    return train, val, f"{config.data} ({config.annotations})"
+
+
+def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDataset, CocoDataset]:
+    """Splits images (not boxes) at random into train and validation sets."""
+    order = np.random.default_rng(seed).permutation(len(dataset.records))
+    count = max(1, int(round(len(order) * fraction)))
+    return dataset.select(sorted(order[count:])), dataset.select(sorted(order[:count]))
+
+
+def load_teacher(path: str, config: DetectConfig, num_classes: int) -> keras.Model:
+    """Loads a `.keras` CenterNet teacher in safe mode and checks it fits the data."""
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".keras":
+        raise ValueError(
+            "Expected --teacher to be an existing .keras file saved with tf_keras. "
+            f"Received: teacher={str(path)!r}."
+        )
+    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    expected = (config.image_size, config.image_size, 3)
+    names = [layer.name for layer in teacher.layers]
+    if tuple(teacher.input_shape[1:]) != expected or "heatmap" not in names:
+        raise ValueError(
+            f"Expected a CenterNet teacher (detection.centernet.build_centernet) with input "
+            f"{expected}. Set image_size to match. Received: teacher={path} with input "
+            f"{tuple(teacher.input_shape[1:])}."
+        )
+    if teacher.get_layer("heatmap").output.shape[-1] != num_classes:
+        raise ValueError(
+            f"The teacher predicts {teacher.get_layer('heatmap').output.shape[-1]} classes but "
+            f"the data has {num_classes}. Received: teacher={path}."
+        )
+    return teacher
+
+
+def _optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+    decay = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps), alpha=0.05)
+    return keras.optimizers.Adam(decay)
+
+
+def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
+    """Fits with a resumable backup; returns wall-clock seconds."""
+    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    start = time.perf_counter()
+    model.fit(dataset, epochs=epochs, callbacks=[backup, *callbacks], verbose=0)
+    return time.perf_counter() - start
+
+
+def train_plain(model, train_ds, epochs, learning_rate, steps_per_epoch, checkpoint_dir) -> float:
+    losses, weights = CenterNetLoss().per_head_losses()
+    model.compile(_optimizer(learning_rate, epochs * steps_per_epoch), losses, loss_weights=weights)
+    return _fit(model, train_ds, epochs, checkpoint_dir)
+
+
+def train_distilled(
+    teacher,
+    student,
+    settings: DistillSettings,
+    train_ds,
+    epochs,
+    learning_rate,
+    steps_per_epoch,
+    checkpoint_dir,
+    only=None,
+    callbacks=(),
+    constant_lr=False,
+) -> float:
+    steps = epochs * steps_per_epoch
+    rename = None
+    if compress.is_pruned(student) or compress.is_quantize_aware(student):
+
+        def rename(name):
+            return compress.wrapped_layer_name(student, name)
+
+    terms, weights = settings.terms(steps, rename, only)
+    distiller = CenterNetDistiller(
+        teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
+    )
+    optimizer = (
+        keras.optimizers.Adam(learning_rate) if constant_lr else _optimizer(learning_rate, steps)
+    )
+    distiller.compile(optimizer)
+    return _fit(distiller, train_ds, epochs, checkpoint_dir, callbacks)
+
+
+def run(config: DetectConfig) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
+    output = Path(config.output_dir)
+    keras.utils.set_random_seed(config.seed)
+    train, val, description = load_data(config)
+    teacher = load_teacher(config.teacher, config, train.num_classes) if config.teacher else None
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
+
+    size = (config.image_size, config.image_size)
+    train_ds = detection_dataset(
+        train, size, config.batch_size, training=True, augment=config.augment, seed=config.seed
+    )
+    steps = max(1, len(train) // config.batch_size)
+    val_images = load_images(val, size)
+    checkpoints = output / "checkpoints"
+
+    def evaluate(predictor) -> dict:
+        return evaluate_detector(predictor, val, size, images=val_images)
+
+    def row(name, model, seconds=None, **extra) -> dict:
+        profile = profile_model(model)
+        return {
+            "model": name,
+            **evaluate(keras_predictor(model)),
+            "params": profile.params,
+            "flops": profile.flops,
+            "size_bytes": profile.size_bytes,
+            "train_seconds": None if seconds is None else round(seconds, 1),
+            **extra,
+        }
+
+    def build(role: str, model_size: ModelSize) -> keras.Model:
+        return build_centernet(
+            (*size, 3),
+            train.num_classes,
+            model_size.backbone,
+            model_size.width,
+            model_size.depth,
+            name=role,
+        )
+
+    rows = []
+    teacher_seconds = None
+    if teacher is None:
+        teacher = build("teacher", config.teacher_model)
+        teacher_seconds = train_plain(
+            teacher,
+            train_ds,
+            config.teacher_epochs,
+            config.learning_rate,
+            steps,
+            checkpoints / "teacher",
+        )
+        atomic_save_model(teacher, output / "teacher.keras")
+    teacher_tflite = output / "teacher_float32.tflite"
+    to_tflite(teacher, "float32", path=teacher_tflite)
+    rows.append(
+        row(
+            "teacher",
+            teacher,
+            teacher_seconds,
+            latency_ms=tflite_latency(teacher_tflite, runs=config.latency_runs),
+        )
+    )
+
+    keras.utils.set_random_seed(config.seed + 1)
+    scratch = build("student_scratch", config.student_model)
+    seconds = train_plain(
+        scratch, train_ds, config.epochs, config.learning_rate, steps, checkpoints / "scratch"
+    )
+    atomic_save_model(scratch, output / "student_scratch.keras")
+    rows.append(row("student (scratch)", scratch, seconds))
+
+    if config.ablation:
+        for only in ("heatmap", "box", "hint"):
+            keras.utils.set_random_seed(config.seed + 1)
+            student = build(f"student_{only}", config.student_model)
+            seconds = train_distilled(
+                teacher,
+                student,
+                config.distill,
+                train_ds,
+                config.epochs,
+                config.learning_rate,
+                steps,
+                checkpoints / f"student_{only}",
+                only=only,
+            )
+            rows.append(row(f"student + {only} KD", student, seconds))
+
+    keras.utils.set_random_seed(config.seed + 1)
+    student = build("student", config.student_model)
+    seconds = train_distilled(
+        teacher,
+        student,
+        config.distill,
+        train_ds,
+        config.epochs,
+        config.learning_rate,
+        steps,
+        checkpoints / "student",
+    )
+    atomic_save_model(student, output / "student.keras")
+    rows.append(row("student (distilled)", student, seconds))
+
+    deployed, compress_report = compress_and_export(
+        config, teacher, student, train, train_ds, steps, output
+    )
+    int8_path = output / "student_int8.tflite"
+    int8_row = {
+        "model": "student (distilled, int8 LiteRT)",
+        **evaluate(LiteRTDetector(int8_path)),
+        "params": rows[-1]["params"],
+        "flops": rows[-1]["flops"],
+        "size_bytes": tflite_size(int8_path)["bytes"],
+        "train_seconds": compress_report["seconds"],
+        "latency_ms": tflite_latency(int8_path, runs=config.latency_runs),
+    }
+    rows.append(int8_row)
+
+    report = {
+        "task": "detection",
+        "data": description,
+        "classes": list(train.class_names),
+        "train_images": len(train),
+        "val_images": len(val),
+        "skipped_annotations": len(train.issues) + len(val.issues),
+        "rows": rows,
+        "compression": compress_report,
+        "artifacts": {
+            "teacher": str(output / "teacher.keras") if config.teacher is None else config.teacher,
+            "teacher_tflite": str(teacher_tflite),
+            "student": str(output / "student.keras"),
+            "student_scratch": str(output / "student_scratch.keras"),
+            "student_int8": str(int8_path),
+        },
+    }
+    atomic_write_json(output / "report.json", report)
+    return report
+
+
+def compress_and_export(config, teacher, student, train, train_ds, steps, output):
+    """Prune and QAT the distilled student while distilling, then export full-int8 TFLite."""
+    settings = config.compress
+    start = time.perf_counter()
+    size = (config.image_size, config.image_size)
+    model = student
+    report = {"prune_sparsity": 0.0, "qat": False}
+    if settings.prune_sparsity > 0 and settings.prune_epochs > 0:
+        # Mask updates every few steps, at least twice an epoch on small datasets.
+        frequency = max(1, min(10, steps // 2))
+        pruned = compress.prune(student, settings.prune_sparsity, frequency=frequency)
+        train_distilled(
+            teacher,
+            pruned,
+            config.distill,
+            train_ds,
+            settings.prune_epochs,
+            settings.learning_rate,
+            steps,
+            output / "checkpoints" / "student_pruned",
+            callbacks=[compress.UpdatePruningStep()],
+            constant_lr=True,
+        )
+        model = compress.strip(pruned)
+        report["prune_sparsity"] = round(compress.sparsity_report(model)["total"], 4)
+    if settings.qat_epochs > 0:
+        model = compress.quantize_aware(model)
+        train_distilled(
+            teacher,
+            model,
+            config.distill,
+            train_ds,
+            settings.qat_epochs,
+            settings.learning_rate,
+            steps,
+            output / "checkpoints" / "student_qat",
+            constant_lr=True,
+        )
+        report["qat"] = True
+    calibration = None
+    if not compress.is_quantize_aware(model):
+        # Post-training int8: activation ranges from training images (not the validation set).
+        calibration = load_images(train.subset(settings.calibration_images), size) / 255.0
+    to_tflite(model, "int8", representative_data=calibration, path=output / "student_int8.tflite")
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    return model, report
+
+
+COLUMNS = [
+    ("model", "model", ""),
+    ("AP", "AP", ".3f"),
+    ("AP50", "AP50", ".3f"),
+    ("AP75", "AP75", ".3f"),
+    ("params", "params", ","),
+    ("flops", "FLOPs", ","),
+    ("size_bytes", "size (bytes)", ","),
+    ("latency_ms", "LiteRT (ms)", ".2f"),
+    ("train_seconds", "train (s)", ".0f"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = parse_config(argv)
+        report = run(config)
+    except AnnotationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report["rows"], COLUMNS))
+    if report["skipped_annotations"]:
+        print(f"\nskipped {report['skipped_annotations']} bad annotation(s) or image(s)")
+    print(
+        f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras, "
+        "student_int8.tflite"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
