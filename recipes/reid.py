@@ -294,7 +294,8 @@ def _distill(
         _optimizer(lr, epochs * steps),
         loss=ReIDLoss(config.label_smoothing, config.margin),
     )
-    return _fit(distiller, dataset, epochs, steps, checkpoint, callbacks)
+    seconds, history = _fit(distiller, dataset, epochs, steps, checkpoint, callbacks)
+    return seconds, history, distiller
 
 
 def _keras_row(name, model, data, seconds, tflite_latency_ms, tflite_bytes) -> dict:
@@ -386,7 +387,7 @@ def run(config: ReIDConfig) -> dict:
             dynamic_temperature(settings.schedule, settings.temperature, total),
         )
     )
-    distilled = None
+    distilled = distilled_with = None
     for seed in config.seeds:
         for label, temperature in variants:
             keras.utils.set_random_seed(seed + 1)
@@ -404,7 +405,7 @@ def run(config: ReIDConfig) -> dict:
                     logged(f"{tag}_{seed}"),
                 )
             else:
-                seconds, history = _distill(
+                seconds, history, distiller = _distill(
                     config,
                     teacher,
                     student,
@@ -421,7 +422,7 @@ def run(config: ReIDConfig) -> dict:
             runs.append({"seed": seed, **row})
             if seed == config.seeds[0]:
                 if label.startswith("KD dynamic"):
-                    distilled = student
+                    distilled, distilled_with = student, distiller
                 latency, size = _float_tflite(student, config)
                 rows.append({**row, "latency_ms": latency, "size_bytes": size})
     if len(config.seeds) > 1:
@@ -469,7 +470,8 @@ def run(config: ReIDConfig) -> dict:
         "artifacts": artifacts,
     }
     if session is not None:
-        report["mlflow"] = _record(session, config, report, artifacts, shipped, data)
+        described = {"distiller": _describe(distilled_with)}
+        report["mlflow"] = _record(session, config, report, artifacts, shipped, data, described)
     atomic_write_json(output / "report.json", report)
     return report
 
@@ -488,7 +490,13 @@ def _session(config: ReIDConfig):
     )
 
 
-def _record(session, config, report, artifacts, shipped, data) -> dict:
+def _describe(distiller) -> dict:
+    from kd_keras.tracking import describe_distiller
+
+    return describe_distiller(distiller)
+
+
+def _record(session, config, report, artifacts, shipped, data, params) -> dict:
     """Logs the run (config, report, models) and registers the shipped int8 embedding model."""
     shipped_row = report["rows"][-1]
     record = session.finish(
@@ -513,6 +521,7 @@ def _record(session, config, report, artifacts, shipped, data) -> dict:
                 else {"parity": report["int8_parity"]["mean_cosine"]}
             ),
         },
+        params=params,
     )
     return {
         "tracking_uri": record.tracking_uri,
@@ -537,7 +546,7 @@ def _compress(config, teacher, folded, dataset, output):
             end_step=max(1, settings.prune_steps * 2 // 3),
             frequency=max(1, settings.prune_steps // 10),
         )
-        spent, _ = _distill(
+        spent, _, _ = _distill(
             config,
             teacher,
             pruned,
@@ -553,7 +562,7 @@ def _compress(config, teacher, folded, dataset, output):
         seconds += spent
         sparsity = compress.sparsity_report(model)["total"]
     qat = compress.quantize_aware(model)
-    spent, _ = _distill(
+    spent, _, _ = _distill(
         config,
         teacher,
         qat,
