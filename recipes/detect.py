@@ -66,7 +66,7 @@ class DistillSettings:
     labelled centres (and, with `core_threshold`, the Gaussian cores) as hard positives.
     """
 
-    heatmap_weight: float = 1.0
+    heatmap_weight: float = 0.005
     temperature: float = 2.0
     schedule: ScheduleName = "constant"
     final_temperature: float = 1.0
@@ -175,7 +175,7 @@ class DetectConfig:
     latency_runs: int = 100
     output_dir: str = "runs/detect"
     teacher_model: ModelSize = ModelSize("resnet", 1.0, 2)
-    student_model: ModelSize = ModelSize("resnet", 0.25, 1)
+    student_model: ModelSize = ModelSize("resnet", 0.5, 1)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
 

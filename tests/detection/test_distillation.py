@@ -116,7 +116,7 @@ def test_box_and_hint_terms_are_masked_to_objects():
 def test_terms_switch_on_and_off():
     terms, weights = centernet_distillation_terms(size_weight=0, hint_weight=0.5)
     assert [t.name for t in terms] == ["heatmap_kd", "offset_kd", "hint"]
-    assert weights == [1.0, 1.0, 0.5]
+    assert weights == [0.005, 1.0, 0.5]
     with pytest.raises(ValueError, match="core_threshold"):
         HeatmapDistillation(core_threshold=2.0)
 
