@@ -1,1 +1,11 @@
-"""Keypoint (CenterNet-style) object detection: models, COCO data, evaluation and distillation."""
+"""Keypoint (CenterNet-style) object detection: models, COCO data, evaluation and distillation.
+
+detection.centernet   build_centernet, targets, losses, decoding, CenterNetDistiller and terms
+detection.data        load_coco_dataset (validated), the built-in dataset, augmentation, tf.data
+detection.evaluation  COCOeval of a Keras model or of a .tflite in LiteRT
+detection.litert      LiteRTDetector: an exported CenterNet in the LiteRT interpreter
+"""
+
+from detection import centernet, data, evaluation, litert
+
+__all__ = ["centernet", "data", "evaluation", "litert"]
