@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -69,6 +70,16 @@ def save_tflite_model(
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    with warnings.catch_warnings():
+        # The signature is given explicitly; MLflow's hint about type hints does not apply.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        _save(staging, tflite_path, signature, input_example, calibration)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(staging, path)
+    return path
+
+
+def _save(staging, tflite_path: Path, signature, input_example, calibration) -> None:
     mlflow.pyfunc.save_model(
         str(staging),
         python_model=str(_MODEL_CODE),
@@ -84,9 +95,6 @@ def save_tflite_model(
             "calibration": dict(calibration) if calibration else None,
         },
     )
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(staging, path)
-    return path
 
 
 def _spec(detail: dict, name: str | None) -> TensorSpec:

@@ -169,6 +169,9 @@ class RunSession:
                 bundle["artifacts"].append([str(path.resolve()), _artifact_dir(path)])
             else:
                 bundle["problems"].append(f"artifact {name!r} not found at {path}")
+        if tflite_path is not None and not Path(tflite_path).is_file():
+            bundle["problems"].append(f"TFLite file not found at {tflite_path}")
+            tflite_path = None
         if tflite_path is not None:
             tflite_path = Path(tflite_path).resolve()
             summary["tflite_size_kb"] = tflite_path.stat().st_size / 1024
@@ -181,7 +184,11 @@ class RunSession:
                 bundle["model"] = str(model_dir.resolve())
             except Exception as error:  # noqa: BLE001
                 bundle["problems"].append(f"TFLite pyfunc model not built: {error}")
-        bundle["artifacts"].extend(self._plots(files / "plots", report or {}, summary, tflite_path))
+        try:
+            plotted = self._plots(files / "plots", report or {}, summary, tflite_path)
+            bundle["artifacts"].extend(plotted)
+        except Exception as error:  # noqa: BLE001 - a plot never costs the run
+            bundle["problems"].append(f"plots not drawn: {short_error(error)}")
         timestamp = _store.now_ms()
         bundle["metrics"] = [*self._metrics, *([k, v, 0, timestamp] for k, v in summary.items())]
         bundle["partial_run_id"] = self.run_id
@@ -280,11 +287,14 @@ class MlflowCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         head = f"{self.prefix}/" if self.prefix else ""
-        values = {
-            f"{head}{key}": float(value)
-            for key, value in (logs or {}).items()
-            if np.ndim(value) == 0 and np.isfinite(float(value))
-        }
+        values = {}
+        for key, value in (logs or {}).items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue  # not a scalar metric
+            if np.isfinite(number):
+                values[f"{head}{key}"] = number
         self.session.log_metrics(values, epoch)
 
 

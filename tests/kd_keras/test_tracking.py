@@ -28,10 +28,14 @@ TEMPERATURES = [6.0, 4.0, 2.0]  # Step([2, 4], ...) with 2 steps per epoch: one 
 @pytest.fixture(scope="module", autouse=True)
 def fast_failing_client():
     """A stopped server must fail the client at once, not after MLflow's retry back-off."""
+    default_store = [Path("mlflow.db"), Path("mlruns")]
+    existed = [path.exists() for path in default_store]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         yield
+    # Every test names its store: nothing may land in the working directory's default store.
+    assert [path.exists() for path in default_store] == existed
 
 
 def make_tflite(model: keras.Model, x: np.ndarray, path: Path) -> Path:
@@ -209,19 +213,15 @@ def test_temperature_recorded_per_epoch(recorded):
     assert [(m.step, m.value) for m in history] == list(enumerate(TEMPERATURES))
 
 
-def test_registered_pyfunc_predicts_like_litert(recorded, store):
+def test_registered_pyfunc_predicts_like_litert(recorded, store, monkeypatch):
     record, client = recorded["record"], recorded["client"]
     assert (record.model_name, record.model_version) == ("tiny-student", "1")
     version = client.get_model_version_by_alias("tiny-student", "challenger")
     assert str(version.version) == "1" and version.tags["task"] == "classification"
     assert "tiny random" in version.tags["calibration"]
     client.set_registered_model_alias("tiny-student", "champion", "1")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store["uri"])
-    try:
-        model = mlflow.pyfunc.load_model("models:/tiny-student@champion")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])  # as a user's shell would
+    model = mlflow.pyfunc.load_model("models:/tiny-student@champion")
     x = np.random.default_rng(1).normal(size=(5, *SHAPE)).astype(np.float32)
     np.testing.assert_array_equal(model.predict(x), litert_predict(recorded["tflite"], x))
     signature = model.metadata.signature
@@ -273,6 +273,7 @@ def test_unreachable_store_keeps_run_and_upload_sends_it(store, tmp_path, capsys
         tmp_path,
         tracking_uri=f"http://127.0.0.1:{_free_port()}",
         experiment="offline",
+        artifact_location=str(tmp_path / "artifacts"),
         probe_timeout=0.5,
     )
     with pytest.warns(tracking.TrackingWarning, match="reaching the tracking server"):
@@ -369,7 +370,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_server_stopped_mid_run_loses_nothing(server, tmp_path):
+def test_server_stopped_mid_run_loses_nothing(server, tmp_path, monkeypatch):
     class StopServer(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
@@ -407,10 +408,6 @@ def test_server_stopped_mid_run_loses_nothing(server, tmp_path):
     old = client.get_run(partial_run)
     assert old.info.status == "FAILED"
     assert old.data.tags["kd_keras.superseded_by"] == run.info.run_id
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(server.url)
-    try:
-        model = mlflow.pyfunc.load_model("models:/remote-student@challenger")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    model = mlflow.pyfunc.load_model("models:/remote-student@challenger")
     np.testing.assert_array_equal(model.predict(x), litert_predict(tflite, x))
