@@ -1,9 +1,10 @@
 """`python -m recipes.detect`: CenterNet teacher, scratch and distilled students, int8, COCOeval.
 
 With no arguments it generates the built-in shapes-on-photos COCO dataset (if absent), trains a
-teacher, a student from scratch and a distilled student with the same budget, prunes and
-quantization-aware fine-tunes the distilled student (still distilling), exports it to full-int8
-TFLite, scores everything with COCOeval (the int8 model running in LiteRT) and prints the table.
+teacher, a student from scratch and a distilled student with the same budget, optionally prunes
+and quantization-aware fine-tunes the distilled student (still distilling; `compress.*`), exports
+it to full-int8 TFLite, scores everything with COCOeval (the int8 model running in LiteRT) and
+prints the table.
 `--data DIR --annotations FILE` trains on a real COCO-format dataset; `--teacher PATH` reuses a
 saved teacher. Every option is also a config key (`--config FILE`, `--set key=value`).
 """
@@ -128,11 +129,16 @@ class DistillSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CompressSettings:
-    """Pruning (skipped at sparsity 0) then QAT (skipped at 0 epochs), both while distilling."""
+    """Pruning (skipped at sparsity 0) then QAT (skipped at 0 epochs), both while distilling.
 
-    prune_sparsity: float = 0.3
+    The default is post-training full-int8 (calibrated on training images): on the built-in run it
+    stays within 0.2 AP of the float student, while 30% pruning + 3 QAT epochs at this short
+    budget lost several AP points. Turn them on for larger models and longer fine-tuning.
+    """
+
+    prune_sparsity: float = 0.0
     prune_epochs: int = 2
-    qat_epochs: int = 3
+    qat_epochs: int = 0
     learning_rate: float = 0.0005
     calibration_images: int = 64
 

@@ -20,6 +20,7 @@ TINY = [
     "--set", "batch_size=4",
     "--set", "teacher_model.width=0.25",
     "--set", "teacher_model.depth=1",
+    "--set", "compress.prune_sparsity=0.3",
     "--set", "compress.prune_epochs=1",
     "--set", "compress.qat_epochs=1",
     "--set", "latency_runs=3",
