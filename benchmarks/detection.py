@@ -18,10 +18,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run as a script, this file's folder comes first on the import path and its name would shadow
+# the `detection` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def pipeline_vs_training(config, batches: int = 20) -> dict:
