@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import warnings
 from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -70,10 +69,7 @@ def save_tflite_model(
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    with warnings.catch_warnings():
-        # The signature is given explicitly; MLflow's hint about type hints does not apply.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        _save(staging, tflite_path, signature, input_example, calibration)
+    _save(staging, tflite_path, signature, input_example, calibration)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(staging, path)
     return path

@@ -193,6 +193,12 @@ class RunSession:
         bundle["metrics"] = [*self._metrics, *([k, v, 0, timestamp] for k, v in summary.items())]
         bundle["partial_run_id"] = self.run_id
         pending = atomic_write_json(self.output_dir / PENDING, bundle)
+        if bundle["problems"]:
+            warnings.warn(
+                f"The MLflow run will miss: {'; '.join(bundle['problems'])}.",
+                TrackingWarning,
+                stacklevel=2,
+            )
 
         if not self._start():
             return self._pending(bundle, pending, steps(bundle, 0), self.problem)

@@ -27,8 +27,9 @@ class RunRecord:
         run_id: the MLflow run, `None` if none could be created.
         model_name: registered model name, when the TFLite student was registered.
         model_version: its version (alias `challenger`).
-        pending_file: the replay file when something was not logged, else `None`.
-        not_logged: what is missing from the store (empty when complete).
+        pending_file: the replay file when something could not be sent, else `None`.
+        not_logged: what is missing from the store: what waits in `pending_file`, or what could
+            not be prepared at all (a missing artifact file, a model that could not be built).
     """
 
     tracking_uri: str
@@ -156,6 +157,7 @@ def completed(tracking_uri: str, output_dir: Path, bundle, run_id: str, version)
         run_id=run_id,
         model_name=bundle["register_as"],
         model_version=version,
+        not_logged=list(bundle["problems"]),
     )
     fields = {k: v for k, v in dataclasses.asdict(record).items() if k != "not_logged"}
     atomic_write_json(output_dir / RECORD, {**fields, "problems": bundle["problems"]})

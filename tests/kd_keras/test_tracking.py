@@ -206,6 +206,19 @@ def test_params_metrics_tags_and_artifacts_in_store(recorded):
     assert not (recorded["output"] / "mlflow" / "pending.json").exists()
 
 
+def test_missing_file_is_reported_and_the_rest_logged(store, tmp_path):
+    session = tracking.RunSession(
+        tmp_path, tracking_uri=store["uri"], experiment="tiny", artifact_location=store["artifacts"]
+    )
+    with pytest.warns(tracking.TrackingWarning, match="will miss: artifact 'ghost' not found"):
+        record = session.finish(CONFIG, None, {"ghost": tmp_path / "ghost.keras"})
+    assert record.complete and record.not_logged == [
+        f"artifact 'ghost' not found at {tmp_path / 'ghost.keras'}"
+    ]
+    run = MlflowClient(store["uri"]).get_run(record.run_id)
+    assert run.data.params["distill.alpha"] == "0.9" and run.info.status == "FINISHED"
+
+
 def test_temperature_recorded_per_epoch(recorded):
     history = recorded["client"].get_metric_history(
         recorded["record"].run_id, "distilled/logits_kd_temperature"
