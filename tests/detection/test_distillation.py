@@ -114,9 +114,11 @@ def test_box_and_hint_terms_are_masked_to_objects():
 
 
 def test_terms_switch_on_and_off():
-    terms, weights = centernet_distillation_terms(size_weight=0, hint_weight=0.5)
-    assert [t.name for t in terms] == ["heatmap_kd", "offset_kd", "hint"]
-    assert weights == [0.005, 1.0, 0.5]
+    terms, weights = centernet_distillation_terms()
+    assert [t.name for t in terms] == ["heatmap_kd", "hint"]
+    assert weights == [0.005, 0.5]
+    terms, weights = centernet_distillation_terms(heatmap_weight=0, offset_weight=1.0)
+    assert [t.name for t in terms] == ["offset_kd", "hint"]
     with pytest.raises(ValueError, match="core_threshold"):
         HeatmapDistillation(core_threshold=2.0)
 
@@ -133,7 +135,7 @@ def test_centernet_distiller_trains_student_only():
     targets = [encode_targets(b, c, shape[:2], 2) for b, c in zip(boxes, classes)]
     y = tuple(np.stack([t[k] for t in targets]) for k in ("heatmap", "size", "offset"))
     terms, weights = centernet_distillation_terms(
-        temperature=schedules.Linear(3.0, 1.0, 10), hint_weight=0.5
+        temperature=schedules.Linear(3.0, 1.0, 10), size_weight=0.1, offset_weight=1.0
     )
     distiller = CenterNetDistiller(teacher, student, terms, weights)
     distiller.compile(keras.optimizers.Adam(1e-3))
