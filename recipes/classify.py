@@ -6,8 +6,10 @@ a student for a subset of the teacher's classes; `--offline` distills from cache
 The distilled student is then compressed for the robot: `--prune SPARSITY|auto` (TF-MOT magnitude
 pruning, `auto` picks the knee of the accuracy-vs-sparsity curve), `--qat` (quantization-aware
 training), both fine-tuned with the teacher, and `--export float32|float16|dynamic|int8` writes a
-`.tflite` that is measured in LiteRT. Every option is also a config key (`--config FILE`,
-`--set key=value`).
+`.tflite` that is measured in LiteRT. The run is recorded in MLflow (`--tracking-uri`, default
+`sqlite:///mlflow.db` in the working directory) and the `.tflite` student is registered as a new
+version of `register_as` with alias `challenger`. Every option is also a config key
+(`--config FILE`, `--set key=value`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -165,6 +168,10 @@ class ClassifyConfig:
     test_fraction: float = 0.25
     seed: int = 0
     output_dir: str = "runs/classify"
+    track: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "kd-keras-classification"
+    register_as: str | None = "classify-student"
     teacher_model: ModelSize = ModelSize(width=2.0, depth=1, dropout=0.3)
     student_model: ModelSize = ModelSize(width=0.25, depth=1)
     distill: DistillSettings = DistillSettings()
@@ -214,6 +221,14 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
         "--export", choices=["float32", "float16", "dynamic", "int8", "none"], help="TFLite file"
     )
     parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
+    )
+    parser.add_argument("--register-as", help="registered model name for the .tflite student")
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
     )
     args = parser.parse_args(argv)
@@ -233,6 +248,9 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
         "compress.prune": _prune_value(args.prune),
         "compress.qat": args.qat,
         "compress.export": None if args.export is None else args.export,
+        "track": args.track,
+        "tracking_uri": args.tracking_uri,
+        "register_as": args.register_as,
     }
     overrides = [
         f"{key}={'null' if value == 'none' else yaml.safe_dump(value).strip()}"
@@ -292,6 +310,21 @@ def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rat
     )
 
 
+def _tracking_session(config: ClassifyConfig):
+    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
+    if not config.track:
+        return None
+    from kd_keras import tracking
+
+    return tracking.RunSession(
+        config.output_dir,
+        # The command line is the one place that reads the environment (MLFLOW_TRACKING_URI).
+        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
+        experiment=config.experiment,
+        task="classification",
+    )
+
+
 def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
     """Fits with a resumable backup; returns wall-clock seconds."""
     backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
@@ -330,6 +363,10 @@ def run(config: ClassifyConfig) -> dict:
         )
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
+    session = _tracking_session(config)
+
+    def logged(stage: str) -> list:
+        return [] if session is None else [session.callback(stage)]
 
     augmentation = data_lib.random_shift(1, config.seed) if config.augment else None
     rows = []
@@ -347,7 +384,9 @@ def run(config: ClassifyConfig) -> dict:
         full = data_lib.training_dataset(
             train.x, train.y, config.batch_size, config.seed, augmentation
         )
-        teacher_seconds = _fit(teacher, full, config.teacher_epochs, output / "checkpoints/teacher")
+        teacher_seconds = _fit(
+            teacher, full, config.teacher_epochs, output / "checkpoints/teacher", logged("teacher")
+        )
         atomic_save_model(teacher, output / "teacher.keras")
 
     x_train, y_train, x_test, y_test = train.x, train.y, test.x, test.y
@@ -369,7 +408,9 @@ def run(config: ClassifyConfig) -> dict:
     labelled = data_lib.training_dataset(
         x_train, y_train, config.batch_size, config.seed, augmentation
     )
-    seconds = _fit(scratch, labelled, config.epochs, output / "checkpoints/student_scratch")
+    seconds = _fit(
+        scratch, labelled, config.epochs, output / "checkpoints/student_scratch", logged("scratch")
+    )
     atomic_save_model(scratch, output / "student_scratch.keras")
     rows.append(_row("student (scratch)", scratch, x_test, y_test, seconds))
 
@@ -378,7 +419,13 @@ def run(config: ClassifyConfig) -> dict:
     distiller, dataset = _distiller(
         config, teacher, student, subset, x_train, y_train, augmentation, output
     )
-    seconds = _fit(distiller, dataset, config.epochs, output / "checkpoints/student_distilled")
+    seconds = _fit(
+        distiller,
+        dataset,
+        config.epochs,
+        output / "checkpoints/student_distilled",
+        logged("distilled"),
+    )
     student_path = atomic_save_model(student, output / "student.keras")
     if subset is not None:
         save_class_mapping(student_path, subset)
@@ -389,7 +436,7 @@ def run(config: ClassifyConfig) -> dict:
     if settings.sparsity is not None or settings.qat or settings.export is not None:
         keras.utils.set_random_seed(config.seed + 2)
         compression, compressed_rows = compress_student(
-            config, teacher, student, subset, x_train, y_train, x_test, y_test, output
+            config, teacher, student, subset, x_train, y_train, x_test, y_test, output, logged
         )
         rows.extend(compressed_rows)
 
@@ -408,8 +455,56 @@ def run(config: ClassifyConfig) -> dict:
         },
         "compression": compression,
     }
+    if session is not None:
+        report["mlflow"] = _record(session, config, report, distiller, x_train, x_test)
     atomic_write_json(output / "report.json", report)
     return report
+
+
+def _record(session, config, report, distiller, x_train, x_test) -> dict:
+    """Logs the finished run and registers the shipped `.tflite` (never raises on store errors)."""
+    from kd_keras import tracking
+
+    artifacts = {**report["artifacts"], "config": Path(config.output_dir) / "config.yaml"}
+    tflite_path = report["artifacts"].get("student_tflite")
+    tflite_row = report["rows"][-1] if tflite_path else {}
+    exported = (report["compression"] or {}).get("export") or {}
+    parity = (exported.get("parity") or {}).get("top1_agreement")
+    tflite_metrics = {
+        key: value
+        for key, value in {
+            "accuracy": tflite_row.get("accuracy"),
+            "latency_ms": tflite_row.get("latency_ms"),
+            "parity": parity,
+        }.items()
+        if value is not None
+    }
+    calibration = None
+    if exported.get("mode") == "int8":
+        calibration = {
+            "dataset": report["data"],
+            "split": "train",
+            "examples": int(len(x_train)),
+            "preprocessing": "same as training, no augmentation",
+            "quantize_aware": bool(config.compress.qat),
+        }
+    record = session.finish(
+        config_lib.to_dict(config),
+        report,
+        artifacts,
+        tflite_path=tflite_path,
+        register_as=config.register_as if tflite_path else None,
+        input_example=x_test[:2],
+        calibration=calibration,
+        tflite_metrics=tflite_metrics,
+        params={"distiller": tracking.describe_distiller(distiller)},
+    )
+    return {
+        "tracking_uri": record.tracking_uri,
+        "run_id": record.run_id,
+        "model_uri": record.model_uri,
+        "complete": record.complete,
+    }
 
 
 def _distiller(
@@ -464,7 +559,9 @@ def _distiller(
 # === Compression ===
 
 
-def compress_student(config, teacher, student, subset, x_train, y_train, x_test, y_test, output):
+def compress_student(
+    config, teacher, student, subset, x_train, y_train, x_test, y_test, output, logged=None
+):
     """Prunes and/or quantizes the distilled student with the teacher, then exports it.
 
     Returns `(details, rows)`: what was done (chosen sparsity, curve, parity, I/O parameters,
@@ -494,13 +591,15 @@ def compress_student(config, teacher, student, subset, x_train, y_train, x_test,
             frequency=frequency,
             exclude=settings.keep_dense,
         )
-        seconds += _fine_tune(config, teacher, pruned, subset, x_train, y_train, output, "pruned")
+        seconds += _fine_tune(
+            config, teacher, pruned, subset, x_train, y_train, output, "pruned", logged
+        )
         model = compress.strip(pruned)
         details["sparsity"] = compress.sparsity_report(model)
         name_parts.append(f"pruned {sparsity:.0%}")
     if settings.qat:
         qat = compress.quantize_aware(model, preserve_sparsity=sparsity is not None)
-        seconds += _fine_tune(config, teacher, qat, subset, x_train, y_train, output, "qat")
+        seconds += _fine_tune(config, teacher, qat, subset, x_train, y_train, output, "qat", logged)
         model = qat
         name_parts.append("QAT")
     if name_parts:
@@ -533,7 +632,9 @@ def _choose_sparsity(config, student, x_train, y_train) -> compress.SparsityCurv
     return compress.choose_sparsity(sparsities, accuracies, settings.max_drop)
 
 
-def _fine_tune(config, teacher, model, subset, x_train, y_train, output, stage: str) -> float:
+def _fine_tune(
+    config, teacher, model, subset, x_train, y_train, output, stage: str, logged=None
+) -> float:
     """Distills into the compressed `model` (pruning step advanced when pruned); seconds."""
     settings = config.compress
     distiller, dataset = _distiller(
@@ -549,6 +650,7 @@ def _fine_tune(config, teacher, model, subset, x_train, y_train, output, stage: 
     )
     _compile(distiller, config, learning_rate=settings.learning_rate)
     callbacks = [compress.UpdatePruningStep()] if compress.is_pruned(model) else []
+    callbacks += [] if logged is None else logged(stage)
     return _fit(
         distiller,
         dataset,
@@ -635,6 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report["rows"], COLUMNS))
     names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
     print(f"\nartifacts in {config.output_dir}: {', '.join(dict.fromkeys(names))}")
+    tracked = report.get("mlflow")
+    if tracked:
+        print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}", end="")
+        print(f", model {tracked['model_uri']}" if tracked["model_uri"] else "")
     return 0
 
 

@@ -46,11 +46,26 @@ def reachable(tracking_uri: str, timeout: float) -> str | None:
     return None
 
 
+def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a SQLite store live beside its file (`<db dir>/mlruns/<experiment>`).
+
+    MLflow's own default is `./mlruns` relative to whatever directory the process runs in, which
+    scatters one store's artifacts over several folders. Servers choose their own root (`None`).
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    database = Path(tracking_uri[len(prefix) :]).resolve()
+    return (database.parent / "mlruns" / experiment).as_uri()
+
+
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """Gets or creates experiment `name` (safe when two processes create it at once)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_location is None:
+        artifact_location = default_artifact_location(client.tracking_uri, name)
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException as error:

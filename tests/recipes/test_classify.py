@@ -6,6 +6,7 @@ import pytest
 import tf_keras as keras
 
 from kd_keras import config as config_lib
+from kd_keras.data import load_digits
 from kd_keras.models import build_cnn_classifier
 from kd_keras.subset import load_class_mapping
 from recipes import classify
@@ -28,8 +29,42 @@ CONFIGS = Path(classify.__file__).parent / "configs"
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("classify")
-    assert classify.main([*FAST, "--output-dir", str(output)]) == 0
+    store = f"sqlite:///{output}/mlflow.db"
+    assert classify.main([*FAST, "--output-dir", str(output), "--tracking-uri", store]) == 0
     return output
+
+
+@pytest.mark.slow
+def test_default_run_is_tracked_and_registered(default_run, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from kd_keras import export
+
+    report = json.loads((default_run / "report.json").read_text())
+    tracked = report["mlflow"]
+    assert tracked["complete"] is True
+    client = MlflowClient(tracking_uri=tracked["tracking_uri"])
+    run = client.get_run(tracked["run_id"])
+    assert run.data.params["distill.temperature"] == "4.0"
+    assert run.data.params["compress.prune"] == "0.5"
+    assert run.data.tags["task"] == "classification"
+    history = client.get_metric_history(run.info.run_id, "distilled/logits_kd_temperature")
+    assert [(m.step, m.value) for m in history] == [(0, 4.0), (1, 4.0)]
+    assert len(client.get_metric_history(run.info.run_id, "teacher/loss")) == 3
+    assert run.data.metrics["tflite_accuracy"] == report["rows"][-1]["accuracy"]
+    version = client.get_model_version_by_alias("classify-student", "challenger")
+    assert version.run_id == run.info.run_id
+    # The registry URI comes from the environment here, as for a user of the registered model.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked["tracking_uri"])
+    (default_run / "loaded").mkdir(exist_ok=True)
+    model = mlflow.pyfunc.load_model(
+        "models:/classify-student@challenger", dst_path=str(default_run / "loaded")
+    )
+    x = load_digits().x[:3]
+    np.testing.assert_allclose(
+        model.predict(x), export.tflite_predict(default_run / "student_int8.tflite", x)
+    )
 
 
 @pytest.mark.slow
@@ -88,6 +123,7 @@ def test_default_run_ships_pruned_int8_student_checked_in_litert(default_run):
 def test_auto_sparsity_without_qat_exports_dynamic(default_run, tmp_path):
     teacher = str(default_run / "teacher.keras")
     args = [*FAST, "--teacher", teacher, "--prune", "auto", "--no-qat", "--export", "dynamic"]
+    args.append("--no-tracking")
     args += ["--set", "compress.candidates=[0.5,0.9]"]
     assert classify.main([*args, "--output-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
@@ -105,7 +141,7 @@ def test_auto_sparsity_without_qat_exports_dynamic(default_run, tmp_path):
 @pytest.mark.slow
 def test_task_specified_offline_run_with_given_teacher(default_run, tmp_path):
     teacher = str(default_run / "teacher.keras")
-    args = [*FAST, "--teacher", teacher, "--classes", "0,3,7", "--offline"]
+    args = [*FAST, "--teacher", teacher, "--classes", "0,3,7", "--offline", "--no-tracking"]
     assert classify.main([*args, "--output-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["classes"]["teacher_class_indices"] == [0, 3, 7]
