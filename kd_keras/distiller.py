@@ -185,8 +185,8 @@ class Distiller(keras.Model):
         if not isinstance(teacher_outputs, list):
             teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         step = self.distillation_step
-        student_prediction = self.student(x, training=training) if _needs_call(self) else None
-        prediction = student_outputs[-1] if student_prediction is None else student_prediction
+        # The feature model's last output is the student's full output (a list for several heads).
+        prediction = student_outputs[-1]
         term_losses, temperatures = [], []
         for index, term in enumerate(self.distillation_losses):
             temperature = None if term.temperature is None else term.temperature(step)
@@ -384,11 +384,6 @@ def _feature_model(model: keras.Model, layer_names: Sequence[str | None]) -> ker
     ]
     outputs.append(model.outputs[0] if len(model.outputs) == 1 else model.outputs)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
-
-
-def _needs_call(distiller: Distiller) -> bool:
-    """The feature model already returns the student's final output as its last element."""
-    return len(distiller.student.outputs) != 1
 
 
 def _as_list(outputs) -> list:
