@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -186,6 +187,10 @@ class DetectConfig:
     ablation: bool = False
     latency_runs: int = 100
     output_dir: str = "runs/detect"
+    track: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "kd-keras-detection"
+    register_as: str | None = "detect-student"
     teacher_model: ModelSize = ModelSize("resnet", 1.0, 2)
     student_model: ModelSize = ModelSize("resnet", 0.5, 1)
     distill: DistillSettings = DistillSettings()
@@ -228,6 +233,14 @@ def parse_config(argv: list[str] | None = None) -> DetectConfig:
     parser.add_argument("--ablation", action="store_true", default=None)
     parser.add_argument("--output-dir", dest="output_dir")
     parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
+    )
+    parser.add_argument("--register-as", help="registered model name for the .tflite student")
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
     )
     args = parser.parse_args(argv)
@@ -241,6 +254,9 @@ def parse_config(argv: list[str] | None = None) -> DetectConfig:
         "ablation": args.ablation,
         "output_dir": args.output_dir,
         "distill.temperature": args.temperature,
+        "track": args.track,
+        "tracking_uri": args.tracking_uri,
+        "register_as": args.register_as,
     }
     overrides = [
         f"{key}={yaml.safe_dump(value).strip()}"
@@ -320,10 +336,58 @@ def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> flo
     return time.perf_counter() - start
 
 
-def train_plain(model, train_ds, epochs, learning_rate, steps_per_epoch, checkpoint_dir) -> float:
+def train_plain(
+    model, train_ds, epochs, learning_rate, steps_per_epoch, checkpoint_dir, callbacks=()
+) -> float:
     losses, weights = CenterNetLoss().per_head_losses()
     model.compile(_optimizer(learning_rate, epochs * steps_per_epoch), losses, loss_weights=weights)
-    return _fit(model, train_ds, epochs, checkpoint_dir)
+    return _fit(model, train_ds, epochs, checkpoint_dir, callbacks)
+
+
+def _tracking_session(config: DetectConfig):
+    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
+    if not config.track:
+        return None
+    from kd_keras import tracking
+
+    return tracking.RunSession(
+        config.output_dir,
+        # The command line is the one place that reads the environment (MLFLOW_TRACKING_URI).
+        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
+        experiment=config.experiment,
+        task="detection",
+    )
+
+
+def _record(session, config, report, val_images, description) -> dict:
+    """Logs the finished run and registers the int8 student (never raises on store errors)."""
+    shipped = report["rows"][-1]
+    record = session.finish(
+        config_lib.to_dict(config),
+        report,
+        {**report["artifacts"], "config": Path(config.output_dir) / "config.yaml"},
+        tflite_path=report["artifacts"]["student_int8"],
+        register_as=config.register_as,
+        input_example=val_images[:1],
+        calibration={
+            "dataset": description,
+            "split": "train",
+            "preprocessing": "same resize and normalisation as training, no augmentation",
+            "examples": config.compress.calibration_images,
+            "quantize_aware": config.compress.qat_epochs > 0,
+        },
+        tflite_metrics={
+            "AP": shipped["AP"],
+            "AP50": shipped["AP50"],
+            "latency_ms": shipped["latency_ms"],
+        },
+    )
+    return {
+        "tracking_uri": record.tracking_uri,
+        "run_id": record.run_id,
+        "model_uri": record.model_uri,
+        "complete": record.complete,
+    }
 
 
 def train_distilled(
@@ -365,6 +429,10 @@ def run(config: DetectConfig) -> dict:
     teacher = load_teacher(config.teacher, config, train.num_classes) if config.teacher else None
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
+    session = _tracking_session(config)
+
+    def logged(stage: str) -> list:
+        return [] if session is None else [session.callback(stage)]
 
     size = (config.image_size, config.image_size)
     train_ds = detection_dataset(
@@ -410,6 +478,7 @@ def run(config: DetectConfig) -> dict:
             config.learning_rate,
             steps,
             checkpoints / "teacher",
+            logged("teacher"),
         )
         atomic_save_model(teacher, output / "teacher.keras")
     teacher_tflite = output / "teacher_float32.tflite"
@@ -426,7 +495,13 @@ def run(config: DetectConfig) -> dict:
     keras.utils.set_random_seed(config.seed + 1)
     scratch = build("student_scratch", config.student_model)
     seconds = train_plain(
-        scratch, train_ds, config.epochs, config.learning_rate, steps, checkpoints / "scratch"
+        scratch,
+        train_ds,
+        config.epochs,
+        config.learning_rate,
+        steps,
+        checkpoints / "scratch",
+        logged("scratch"),
     )
     atomic_save_model(scratch, output / "student_scratch.keras")
     rows.append(row("student (scratch)", scratch, seconds))
@@ -459,6 +534,7 @@ def run(config: DetectConfig) -> dict:
         config.learning_rate,
         steps,
         checkpoints / "student",
+        callbacks=logged("distilled"),
     )
     atomic_save_model(student, output / "student.keras")
     rows.append(row("student (distilled)", student, seconds))
@@ -495,6 +571,8 @@ def run(config: DetectConfig) -> dict:
             "student_int8": str(int8_path),
         },
     }
+    if session is not None:
+        report["mlflow"] = _record(session, config, report, val_images, description)
     atomic_write_json(output / "report.json", report)
     return report
 

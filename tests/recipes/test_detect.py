@@ -31,7 +31,8 @@ TINY = [
 def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     output = tmp_path / "run"
     args = [*TINY, "--set", f"builtin_dir={tmp_path / 'shapes'}", "--output-dir", str(output)]
-    assert detect.main(args) == 0
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert detect.main([*args, "--tracking-uri", store]) == 0
     report = json.loads((output / "report.json").read_text())
     rows = {row["model"]: row for row in report["rows"]}
     assert list(rows) == [
@@ -54,6 +55,17 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     assert again["AP"] == pytest.approx(int8["AP"], abs=1e-9)
     student = keras.models.load_model(output / "student.keras")
     assert [o.shape[-1] for o in student.outputs] == [4, 2, 2]
+    # Recorded in MLflow, the int8 file registered as the challenger with its LiteRT AP.
+    from mlflow.tracking import MlflowClient
+
+    assert report["mlflow"]["complete"] is True
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(report["mlflow"]["run_id"])
+    assert run.data.metrics["tflite_AP"] == pytest.approx(int8["AP"])
+    assert run.data.tags["task"] == "detection"
+    assert client.get_metric_history(run.info.run_id, "distilled/loss")
+    version = client.get_model_version_by_alias("detect-student", "challenger")
+    assert version.run_id == run.info.run_id
 
 
 def test_shipped_config_equals_defaults():
