@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,13 @@ from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.subset import ClassSubset, parse_classes, save_class_mapping
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
+from recipes.common import (
+    add_run_arguments,
+    config_from_args,
+    print_tracking,
+    run_summary,
+    tracking_session,
+)
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 ExportMode = Literal["float32", "float16", "dynamic", "int8"]
@@ -198,7 +204,7 @@ class ClassifyConfig:
 def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     """Command line to a validated config: YAML file, then `--set`, then the named options."""
     parser = argparse.ArgumentParser(prog="python -m recipes.classify", description=__doc__)
-    parser.add_argument("--config", help="YAML config file (keys as in ClassifyConfig)")
+    add_run_arguments(parser, "ClassifyConfig")
     parser.add_argument("--data", help="image folder, one subfolder per class (default: digits)")
     parser.add_argument("--teacher", help="saved .keras teacher (default: train one)")
     parser.add_argument("--classes", help="teacher classes for the student, e.g. 0,3,7")
@@ -207,7 +213,6 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--schedule", help="constant, linear, cosine, exponential or step")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--output-dir", dest="output_dir")
     parser.add_argument(
         "--prune", metavar="SPARSITY|auto", help="final sparsity in [0, 1), 0 = off, or auto"
     )
@@ -220,46 +225,21 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     parser.add_argument(
         "--export", choices=["float32", "float16", "dynamic", "int8", "none"], help="TFLite file"
     )
-    parser.add_argument(
-        "--tracking-uri",
-        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    parser.add_argument(
-        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
-    )
-    parser.add_argument("--register-as", help="registered model name for the .tflite student")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
-    )
     args = parser.parse_args(argv)
-
-    data = config_lib.load_yaml(args.config) if args.config else {}
-    data = config_lib.apply_overrides(data, args.set)
     named = {
         "data": args.data,
         "teacher": args.teacher,
         "classes": None if args.classes is None else list(parse_classes(args.classes)),
         "offline": args.offline,
         "epochs": args.epochs,
-        "output_dir": args.output_dir,
         "distill.temperature": args.temperature,
         "distill.alpha": args.alpha,
         "distill.schedule": args.schedule,
         "compress.prune": _prune_value(args.prune),
         "compress.qat": args.qat,
-        "compress.export": None if args.export is None else args.export,
-        "track": args.track,
-        "tracking_uri": args.tracking_uri,
-        "register_as": args.register_as,
+        "compress.export": args.export,
     }
-    overrides = [
-        f"{key}={'null' if value == 'none' else yaml.safe_dump(value).strip()}"
-        for key, value in named.items()
-    ]
-    data = config_lib.apply_overrides(
-        data, [o for o, v in zip(overrides, named.values()) if v is not None]
-    )
-    return config_lib.from_dict(ClassifyConfig, data)
+    return config_from_args(ClassifyConfig, args, named)
 
 
 def _prune_value(text: str | None):
@@ -310,21 +290,6 @@ def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rat
     )
 
 
-def _tracking_session(config: ClassifyConfig):
-    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
-    if not config.track:
-        return None
-    from kd_keras import tracking
-
-    return tracking.RunSession(
-        config.output_dir,
-        # The command line is the one place that reads the environment (MLFLOW_TRACKING_URI).
-        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
-        experiment=config.experiment,
-        task="classification",
-    )
-
-
 def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
     """Fits with a resumable backup; returns wall-clock seconds."""
     backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
@@ -363,7 +328,7 @@ def run(config: ClassifyConfig) -> dict:
         )
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
-    session = _tracking_session(config)
+    session = tracking_session(config, "classification")
 
     def logged(stage: str) -> list:
         return [] if session is None else [session.callback(stage)]
@@ -499,12 +464,7 @@ def _record(session, config, report, distiller, x_train, x_test) -> dict:
         tflite_metrics=tflite_metrics,
         params={"distiller": tracking.describe_distiller(distiller)},
     )
-    return {
-        "tracking_uri": record.tracking_uri,
-        "run_id": record.run_id,
-        "model_uri": record.model_uri,
-        "complete": record.complete,
-    }
+    return run_summary(record)
 
 
 def _distiller(
@@ -737,10 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report["rows"], COLUMNS))
     names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
     print(f"\nartifacts in {config.output_dir}: {', '.join(dict.fromkeys(names))}")
-    tracked = report.get("mlflow")
-    if tracked:
-        print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}", end="")
-        print(f", model {tracked['model_uri']}" if tracked["model_uri"] else "")
+    print_tracking(report)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,13 @@ from kd_keras.export import tflite_latency, tflite_size, to_tflite
 from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
+from recipes.common import (
+    add_run_arguments,
+    config_from_args,
+    print_tracking,
+    run_summary,
+    tracking_session,
+)
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 
@@ -224,46 +230,23 @@ class DetectConfig:
 def parse_config(argv: list[str] | None = None) -> DetectConfig:
     """Command line to a validated config: YAML file, then `--set`, then the named options."""
     parser = argparse.ArgumentParser(prog="python -m recipes.detect", description=__doc__)
-    parser.add_argument("--config", help="YAML config file (keys as in DetectConfig)")
+    add_run_arguments(parser, "DetectConfig")
     parser.add_argument("--data", help="COCO images folder (default: the built-in dataset)")
     parser.add_argument("--annotations", help="COCO instances JSON for --data")
     parser.add_argument("--teacher", help="saved .keras CenterNet teacher (default: train one)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--temperature", type=float)
     parser.add_argument("--ablation", action="store_true", default=None)
-    parser.add_argument("--output-dir", dest="output_dir")
-    parser.add_argument(
-        "--tracking-uri",
-        help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
-    )
-    parser.add_argument(
-        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
-    )
-    parser.add_argument("--register-as", help="registered model name for the .tflite student")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
-    )
     args = parser.parse_args(argv)
-    data = config_lib.load_yaml(args.config) if args.config else {}
-    data = config_lib.apply_overrides(data, args.set)
     named = {
         "data": args.data,
         "annotations": args.annotations,
         "teacher": args.teacher,
         "epochs": args.epochs,
         "ablation": args.ablation,
-        "output_dir": args.output_dir,
         "distill.temperature": args.temperature,
-        "track": args.track,
-        "tracking_uri": args.tracking_uri,
-        "register_as": args.register_as,
     }
-    overrides = [
-        f"{key}={yaml.safe_dump(value).strip()}"
-        for key, value in named.items()
-        if value is not None
-    ]
-    return config_lib.from_dict(DetectConfig, config_lib.apply_overrides(data, overrides))
+    return config_from_args(DetectConfig, args, named)
 
 
 # === Stages ===
@@ -344,21 +327,6 @@ def train_plain(
     return _fit(model, train_ds, epochs, checkpoint_dir, callbacks)
 
 
-def _tracking_session(config: DetectConfig):
-    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
-    if not config.track:
-        return None
-    from kd_keras import tracking
-
-    return tracking.RunSession(
-        config.output_dir,
-        # The command line is the one place that reads the environment (MLFLOW_TRACKING_URI).
-        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
-        experiment=config.experiment,
-        task="detection",
-    )
-
-
 def _record(session, config, report, val_images, description) -> dict:
     """Logs the finished run and registers the int8 student (never raises on store errors)."""
     shipped = report["rows"][-1]
@@ -382,12 +350,7 @@ def _record(session, config, report, val_images, description) -> dict:
             "latency_ms": shipped["latency_ms"],
         },
     )
-    return {
-        "tracking_uri": record.tracking_uri,
-        "run_id": record.run_id,
-        "model_uri": record.model_uri,
-        "complete": record.complete,
-    }
+    return run_summary(record)
 
 
 def train_distilled(
@@ -429,7 +392,7 @@ def run(config: DetectConfig) -> dict:
     teacher = load_teacher(config.teacher, config, train.num_classes) if config.teacher else None
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
-    session = _tracking_session(config)
+    session = tracking_session(config, "detection")
 
     def logged(stage: str) -> list:
         return [] if session is None else [session.callback(stage)]
@@ -655,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras, "
         "student_int8.tflite"
     )
+    print_tracking(report)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.terms import LogitsDistillation
+from recipes.common import add_run_arguments, config_from_args, run_summary, tracking_session
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
@@ -153,44 +153,23 @@ class ReIDConfig:
 def parse_config(argv: list[str] | None = None) -> ReIDConfig:
     """Command line to a validated config: YAML file, then `--set`, then the named options."""
     parser = argparse.ArgumentParser(prog="python -m recipes.reid", description=__doc__)
-    parser.add_argument("--config", help="YAML config file (keys as in ReIDConfig)")
+    add_run_arguments(parser, "ReIDConfig")
     parser.add_argument("--data", help="Market-1501 folder (default: the built-in dataset)")
     parser.add_argument("--teacher", help="saved .keras ReID teacher (default: train one)")
     parser.add_argument("--temperature", type=float, help="starting KD temperature")
     parser.add_argument("--schedule", help="linear, cosine, exponential or step")
     parser.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--output-dir", dest="output_dir")
-    parser.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow store (default: env)")
-    parser.add_argument(
-        "--no-tracking", dest="track", action="store_false", default=None, help="skip MLflow"
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
-    )
     args = parser.parse_args(argv)
-    data = config_lib.load_yaml(args.config) if args.config else {}
-    data = config_lib.apply_overrides(data, args.set)
     named = {
         "data": args.data,
         "teacher": args.teacher,
         "seeds": args.seeds,
         "epochs": args.epochs,
-        "output_dir": args.output_dir,
-        "tracking_uri": args.tracking_uri,
-        "track": args.track,
         "distill.temperature": args.temperature,
         "distill.schedule": args.schedule,
     }
-    data = config_lib.apply_overrides(
-        data,
-        [
-            f"{key}={yaml.safe_dump(value).strip()}"
-            for key, value in named.items()
-            if value is not None
-        ],
-    )
-    return config_lib.from_dict(ReIDConfig, data)
+    return config_from_args(ReIDConfig, args, named)
 
 
 # === Stages ===
@@ -333,7 +312,7 @@ def run(config: ReIDConfig) -> dict:
     teacher = load_teacher(config.teacher, data, identities) if config.teacher else None
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
-    session = _session(config)
+    session = tracking_session(config, "reid")
 
     def logged(prefix: str) -> list:
         return [] if session is None else [session.callback(prefix)]
@@ -476,20 +455,6 @@ def run(config: ReIDConfig) -> dict:
     return report
 
 
-def _session(config: ReIDConfig):
-    """The MLflow run shared by every training of the recipe, or `None` without tracking."""
-    if not config.track:
-        return None
-    from kd_keras import tracking
-
-    return tracking.RunSession(
-        config.output_dir,
-        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
-        experiment=config.experiment,
-        task="reid",
-    )
-
-
 def _describe(distiller) -> dict:
     from kd_keras.tracking import describe_distiller
 
@@ -523,12 +488,7 @@ def _record(session, config, report, artifacts, shipped, data, params) -> dict:
         },
         params=params,
     )
-    return {
-        "tracking_uri": record.tracking_uri,
-        "run_id": record.run_id,
-        "model_uri": record.model_uri,
-        "complete": record.complete,
-    }
+    return run_summary(record)
 
 
 def _compress(config, teacher, folded, dataset, output):

@@ -150,3 +150,35 @@ def _git_commit() -> str | None:
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class LockRetryingClient:
+    """An `MlflowClient` whose calls retry while a SQLite store reports `database is locked`.
+
+    SQLite lets one writer in at a time; when several processes (two promotions, say) write at
+    once, the others fail with that message instead of waiting. Each call is retried with a
+    growing pause, `attempts` times at most, then the last error is raised.
+    """
+
+    def __init__(self, client: MlflowClient, attempts: int = 30, pause: float = 0.05):
+        self._client = client
+        self._attempts = attempts
+        self._pause = pause
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            for attempt in range(self._attempts):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:  # sqlalchemy or MlflowException, depending on the call
+                    locked = "database is locked" in str(error)
+                    if not locked or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(min(1.0, self._pause * (attempt + 1)))
+            raise AssertionError("unreachable")
+
+        return call

@@ -162,7 +162,7 @@ def promote(
     Raises:
         ValueError: no such version or no `challenger` alias.
     """
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _store.LockRetryingClient(MlflowClient(tracking_uri=tracking_uri))
     challenger = _version(client, model, version) if version else _alias(client, model, CHALLENGER)
     if challenger is None:
         wanted = f"version {version}" if version else "version with alias 'challenger'"
