@@ -179,11 +179,9 @@ class Distiller(keras.Model):
     def _distillation(self, x, y, teacher_outputs, training):
         """Student output, per-example student loss, per-example term losses and temperatures.
 
-        `teacher_outputs` is the list from `_teacher_outputs`, a cached output, or `None`.
+        `teacher_outputs` is the list from `_teacher_outputs`, one output per term.
         """
         student_outputs = _as_list(self._student_features(x, training=training))
-        if not isinstance(teacher_outputs, list):
-            teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         step = self.distillation_step
         # The feature model's last output is the student's full output (a list for several heads).
         prediction = student_outputs[-1]
@@ -235,6 +233,7 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         x, y, teacher_outputs = self._unpack(data)
+        teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         prediction, student_loss, term_losses, temperatures = self._distillation(
             x, y, teacher_outputs, training=False
         )

@@ -65,14 +65,15 @@ class DistillationTerm(keras.layers.Layer):
         raise NotImplementedError
 
     def get_config(self):
-        return {
+        config = {
             **super().get_config(),
             "teacher_layer": self.teacher_layer,
             "student_layer": self.student_layer,
-            "temperature": None
-            if self.temperature is None
-            else schedules.serialize(self.temperature),
         }
+        # Terms without a temperature need not accept the argument.
+        if self.temperature is not None:
+            config["temperature"] = schedules.serialize(self.temperature)
+        return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

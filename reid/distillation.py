@@ -99,7 +99,6 @@ class SimilarityDistillation(DistillationTerm):
             raise ValueError(
                 f"Expected similarity in {self.SIMILARITIES}. Received: similarity={similarity!r}."
             )
-        kwargs.pop("temperature", None)
         super().__init__(teacher_layer, student_layer, None, **kwargs)
         self.similarity = similarity
 
@@ -110,7 +109,6 @@ class SimilarityDistillation(DistillationTerm):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("temperature")
         config["similarity"] = self.similarity
         return config
 
@@ -134,7 +132,6 @@ class ProjectionDistillation(DistillationTerm):
         student_layer: str | None = "embedding",
         **kwargs,
     ):
-        kwargs.pop("temperature", None)
         super().__init__(teacher_layer, student_layer, None, **kwargs)
         self.projection = None
 
@@ -152,8 +149,3 @@ class ProjectionDistillation(DistillationTerm):
     def compute(self, teacher_output, student_output, labels, temperature):
         projected = _normalize(self.projection(student_output))
         return 1.0 - tf.reduce_sum(projected * _normalize(teacher_output), axis=-1)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("temperature")
-        return config

@@ -149,7 +149,6 @@ class BoxDistillation(DistillationTerm):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("temperature")
         config["region"] = self.region
         return config
 
