@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +38,9 @@ from kd_keras.terms import FeatureDistillation, LogitsDistillation
 from recipes.common import (
     add_run_arguments,
     config_from_args,
+    fit_resumable,
+    parse_and_run,
+    print_artifacts,
     print_tracking,
     run_summary,
     tracking_session,
@@ -291,11 +293,7 @@ def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rat
 
 
 def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
-    """Fits with a resumable backup; returns wall-clock seconds."""
-    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=epochs, callbacks=[*callbacks, backup], verbose=0)
-    return time.perf_counter() - start
+    return fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks)[0]
 
 
 def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, subset=None) -> float:
@@ -688,15 +686,12 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_config(argv)
-        report = run(config)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    outcome = parse_and_run(parse_config, run, argv)
+    if outcome is None:
         return 2
+    config, report = outcome
     print(format_table(report["rows"], COLUMNS))
-    names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
-    print(f"\nartifacts in {config.output_dir}: {', '.join(dict.fromkeys(names))}")
+    print_artifacts(config.output_dir, report)
     print_tracking(report)
     return 0
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 import yaml
@@ -89,3 +92,39 @@ def print_tracking(report: Mapping) -> None:
         model = f", model {tracked['model_uri']}" if tracked["model_uri"] else ""
         state = "" if tracked["complete"] else " (incomplete: see the warning above)"
         print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{model}{state}")
+
+
+def fit_resumable(
+    model, dataset, epochs: int, checkpoint_dir, callbacks=(), steps_per_epoch: int | None = None
+) -> tuple[float, dict]:
+    """Fits with a `BackupAndRestore` in `checkpoint_dir`, so an interrupted run resumes there.
+
+    Returns the wall-clock seconds and the history.
+    """
+    import tf_keras as keras
+
+    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    start = time.perf_counter()
+    history = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[backup, *callbacks],
+        verbose=0,
+    )
+    return time.perf_counter() - start, history.history
+
+
+def parse_and_run(parse_config, run, argv):
+    """`(config, report)`, or `None` after printing why the options, config or data were refused."""
+    try:
+        config = parse_config(argv)
+        return config, run(config)
+    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def print_artifacts(output_dir, report: Mapping) -> None:
+    names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
+    print(f"\nartifacts in {output_dir}: {', '.join(dict.fromkeys(names))}")

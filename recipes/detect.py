@@ -28,7 +28,6 @@ from detection.centernet.centernet_distiller import (
     centernet_distillation_terms,
 )
 from detection.data import (
-    AnnotationError,
     CocoDataset,
     detection_dataset,
     ensure_shapes_dataset,
@@ -46,6 +45,9 @@ from kd_keras.report import format_table
 from recipes.common import (
     add_run_arguments,
     config_from_args,
+    fit_resumable,
+    parse_and_run,
+    print_artifacts,
     print_tracking,
     run_summary,
     tracking_session,
@@ -312,11 +314,7 @@ def _optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
 
 
 def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
-    """Fits with a resumable backup; returns wall-clock seconds."""
-    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=epochs, callbacks=[backup, *callbacks], verbose=0)
-    return time.perf_counter() - start
+    return fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks)[0]
 
 
 def train_plain(
@@ -602,22 +600,15 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_config(argv)
-        report = run(config)
-    except AnnotationError as error:
-        print(f"error: {error}", file=sys.stderr)
+    # A bad dataset raises AnnotationError, a ValueError: reported like a bad option.
+    outcome = parse_and_run(parse_config, run, argv)
+    if outcome is None:
         return 2
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config, report = outcome
     print(format_table(report["rows"], COLUMNS))
     if report["skipped_annotations"]:
         print(f"\nskipped {report['skipped_annotations']} bad annotation(s) or image(s)")
-    print(
-        f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras, "
-        "student_int8.tflite"
-    )
+    print_artifacts(config.output_dir, report)
     print_tracking(report)
     return 0
 

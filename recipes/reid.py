@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +28,16 @@ from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.terms import LogitsDistillation
-from recipes.common import add_run_arguments, config_from_args, run_summary, tracking_session
+from recipes.common import (
+    add_run_arguments,
+    config_from_args,
+    fit_resumable,
+    parse_and_run,
+    print_artifacts,
+    print_tracking,
+    run_summary,
+    tracking_session,
+)
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
@@ -223,16 +231,8 @@ def _train_plain(
 
 
 def _fit(model, dataset, epochs, steps, checkpoint_dir, callbacks=()) -> tuple[float, dict]:
-    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
-    start = time.perf_counter()
-    history = model.fit(
-        dataset,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        callbacks=[backup, *callbacks],
-        verbose=0,
-    )
-    return round(time.perf_counter() - start, 2), history.history
+    seconds, history = fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks, steps)
+    return round(seconds, 2), history
 
 
 def _terms(config: ReIDConfig, temperature, teacher, student) -> tuple[list, list]:
@@ -594,21 +594,17 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_config(argv)
-        report = run(config)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    outcome = parse_and_run(parse_config, run, argv)
+    if outcome is None:
         return 2
+    config, report = outcome
     print(format_table(report["rows"], COLUMNS))
     for label, values in report["temperatures_per_epoch"].items():
         print(f"{label}: temperature per epoch {values}")
     if report["int8_parity"]:
         print(f"int8 vs Keras embedding cosine: mean {report['int8_parity']['mean_cosine']:.4f}")
-    print(
-        f"\nartifacts in {config.output_dir}: report.json, teacher.keras, student.keras, "
-        "student_int8.tflite"
-    )
+    print_artifacts(config.output_dir, report)
+    print_tracking(report)
     return 0
 
 
