@@ -1,6 +1,11 @@
 """COCO-format detection data: validated loading, a built-in dataset, augmentation, tf.data."""
 
-from detection.data.augmentation import apply_augmentation, build_augmentation
+from detection.data.augmentation import (
+    apply_augmentation,
+    apply_colour_jitter,
+    build_augmentation,
+    sample_colour_factors,
+)
 from detection.data.coco_dataset import (
     AnnotationError,
     AnnotationIssue,
@@ -22,6 +27,7 @@ __all__ = [
     "CocoDataset",
     "ImageRecord",
     "apply_augmentation",
+    "apply_colour_jitter",
     "build_augmentation",
     "detection_dataset",
     "ensure_shapes_dataset",
@@ -29,4 +35,5 @@ __all__ = [
     "load_coco_dataset",
     "load_images",
     "read_image",
+    "sample_colour_factors",
 ]

@@ -1,8 +1,10 @@
-"""tf.data input pipeline: read, resize, augment and encode CenterNet targets in parallel.
+"""tf.data input pipeline: read, resize, augment and encode CenterNet targets a batch at a time.
 
-Images are decoded with OpenCV (which releases the GIL) inside `tf.numpy_function`, mapped with
-`num_parallel_calls=AUTOTUNE` and prefetched, so the CPU stays busy while the model trains. Small
-datasets are decoded and resized once and kept in memory (`cache_images`).
+Each batch of image indices goes through one `tf.numpy_function` call that reads the images with
+OpenCV (which releases the GIL), runs the box-aware geometric augmentation and encodes the
+targets; batches are mapped with `num_parallel_calls=AUTOTUNE` and prefetched. Colour jitter and
+the float conversion then run in-graph on the whole batch. Small datasets are decoded and resized
+once and kept in memory (`cache_images`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import numpy as np
 import tensorflow as tf
 
 from detection.centernet.centernet_targets import encode_targets
-from detection.data.augmentation import apply_augmentation, build_augmentation
+from detection.data.augmentation import (
+    IDENTITY_COLOUR,
+    apply_augmentation,
+    apply_colour_jitter,
+    build_augmentation,
+    sample_colour_factors,
+)
 from detection.data.coco_dataset import CocoDataset, ImageRecord
 
 # Keep decoded images in memory when they fit in this many bytes.
@@ -62,7 +70,7 @@ def detection_dataset(
         image_size: network input `(height, width)`; images are resized to it.
         batch_size: images per batch.
         training: shuffle (reshuffled each epoch) and repeat-safe ordering; `False` keeps order.
-        augment: albumentations flip, scale/crop and colour jitter (training only).
+        augment: albumentations flip and scale/crop, then batched colour jitter (training only).
         seed: shuffle and augmentation seed.
         stride: output stride of the model.
         cache_images: keep decoded images in memory; default when they fit in 512 MiB.
@@ -82,37 +90,53 @@ def detection_dataset(
     augmentation = build_augmentation(image_size, seed=seed) if training and augment else None
     out_h, out_w = image_size[0] // stride, image_size[1] // stride
 
-    def load(index):
-        index = int(index)
-        image = cached[index] if cached is not None else read_image(records[index], image_size)
-        image_boxes, classes = boxes[index], records[index].classes
-        if augmentation is not None:
-            image, image_boxes, classes = apply_augmentation(
-                augmentation, image, image_boxes, classes
-            )
-        targets = encode_targets(image_boxes, classes, image_size, num_classes, stride)
-        return (
-            image.astype(np.float32) / 255.0,
-            targets["heatmap"],
-            targets["size"],
-            targets["offset"],
-        )
+    colour_rng = np.random.default_rng(seed) if augmentation is not None else None
 
-    def to_tensors(index):
-        image, heatmap, size, offset = tf.numpy_function(
-            load, [index], [tf.float32] * 4, stateful=augmentation is not None
+    def load_batch(indices):
+        count = len(indices)
+        images = np.empty((count, *image_size, 3), np.uint8)
+        heatmaps = np.empty((count, out_h, out_w, num_classes), np.float32)
+        sizes = np.empty((count, out_h, out_w, 3), np.float32)
+        offsets = np.empty((count, out_h, out_w, 3), np.float32)
+        for slot, index in enumerate(indices):
+            image = cached[index] if cached is not None else read_image(records[index], image_size)
+            image_boxes, classes = boxes[index], records[index].classes
+            if augmentation is not None:
+                image, image_boxes, classes = apply_augmentation(
+                    augmentation, image, image_boxes, classes
+                )
+            targets = encode_targets(image_boxes, classes, image_size, num_classes, stride)
+            images[slot] = image
+            heatmaps[slot], sizes[slot] = targets["heatmap"], targets["size"]
+            offsets[slot] = targets["offset"]
+        if colour_rng is None:
+            colours = np.tile(np.float32(IDENTITY_COLOUR), (count, 1))
+        else:
+            colours = sample_colour_factors(colour_rng, count)
+        return images, heatmaps, sizes, offsets, colours
+
+    def to_tensors(indices):
+        images, heatmap, size, offset, colours = tf.numpy_function(
+            load_batch,
+            [indices],
+            [tf.uint8, tf.float32, tf.float32, tf.float32, tf.float32],
+            stateful=augmentation is not None,
         )
-        image.set_shape([*image_size, 3])
-        heatmap.set_shape([out_h, out_w, num_classes])
-        size.set_shape([out_h, out_w, 3])
-        offset.set_shape([out_h, out_w, 3])
-        return image, (heatmap, size, offset)
+        images.set_shape([None, *image_size, 3])
+        heatmap.set_shape([None, out_h, out_w, num_classes])
+        size.set_shape([None, out_h, out_w, 3])
+        offset.set_shape([None, out_h, out_w, 3])
+        colours.set_shape([None, 4])
+        images = tf.cast(images, tf.float32) / 255.0
+        if colour_rng is not None:
+            images = apply_colour_jitter(images, colours)
+        return images, (heatmap, size, offset)
 
     data = tf.data.Dataset.range(len(records))
     if training:
         data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-    data = data.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     data = data.batch(
         batch_size, drop_remainder=training if drop_remainder is None else drop_remainder
     )
+    data = data.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -6,12 +6,15 @@ import pytest
 from detection.data import (
     AnnotationError,
     apply_augmentation,
+    apply_colour_jitter,
     build_augmentation,
     detection_dataset,
     ensure_shapes_dataset,
     generate_shapes_dataset,
     load_coco_dataset,
+    sample_colour_factors,
 )
+from detection.data.augmentation import IDENTITY_COLOUR
 
 
 @pytest.fixture(scope="module")
@@ -112,16 +115,41 @@ def test_missing_inputs_fail_with_the_path(tmp_path):
 def test_augmentation_moves_boxes_with_pixels():
     image = np.zeros((32, 32, 3), np.uint8)
     image[4:12, 2:10] = 255
-    flip = build_augmentation((32, 32), flip=1.0, crop=0.0, colour=0.0, seed=0)
+    flip = build_augmentation((32, 32), flip=1.0, crop=0.0, seed=0)
     out, boxes, classes = apply_augmentation(flip, image, np.array([[2, 4, 10, 12]]), np.array([3]))
     np.testing.assert_allclose(boxes, [[22, 4, 30, 12]], atol=1e-4)
     assert list(classes) == [3]
     assert out[4:12, 22:30].min() == 255 and out[:, :20].max() == 0
-    crop = build_augmentation((32, 32), flip=0.0, crop=1.0, colour=1.0, seed=1)
+    crop = build_augmentation((32, 32), flip=0.0, crop=1.0, seed=1)
     for _ in range(5):
         out, boxes, _ = apply_augmentation(crop, image, np.array([[2, 4, 10, 12]]), np.array([0]))
         assert out.shape == (32, 32, 3)
         assert np.all(boxes >= 0) and np.all(boxes <= 32)
+
+
+def test_colour_jitter_factors_act_as_named():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0.2, 0.8, (4, 8, 8, 3)).astype(np.float32)
+    images[3] = 0.5  # a grey image
+    factors = np.array(
+        [IDENTITY_COLOUR, (1.2, 1.0, 1.0, 0.0), (1.0, 1.0, 0.0, 0.0), (1.0, 1.0, 1.0, 0.25)],
+        np.float32,
+    )
+    out = apply_colour_jitter(images, factors).numpy()
+    np.testing.assert_allclose(out[0], images[0], atol=1e-5)
+    np.testing.assert_allclose(out[1], np.clip(images[1] * 1.2, 0, 1), atol=1e-5)
+    # Saturation 0 leaves the luma in every channel.
+    luma = images[2] @ np.array([0.299, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(out[2], np.repeat(luma[..., None], 3, -1), atol=1e-4)
+    # A hue turn keeps grey pixels grey.
+    np.testing.assert_allclose(out[3], images[3], atol=1e-4)
+    contrast = apply_colour_jitter(images[:1], np.array([(1.0, 0.0, 1.0, 0.0)])).numpy()
+    assert np.ptp(contrast) < 1e-5  # contrast 0: every pixel becomes the mean luma
+    sampled = sample_colour_factors(rng, 1000, probability=0.8)
+    untouched = np.all(sampled == IDENTITY_COLOUR, axis=1).mean()
+    assert 0.15 < untouched < 0.25
+    assert sampled[:, :3].min() >= 0.7 and sampled[:, :3].max() <= 1.3
+    assert np.abs(sampled[:, 3]).max() <= 0.05
 
 
 def test_pipeline_batches_targets(shapes):
