@@ -556,7 +556,11 @@ def compress_student(
         details["sparsity"] = compress.sparsity_report(model)
         name_parts.append(f"pruned {sparsity:.0%}")
     if settings.qat:
-        qat = compress.quantize_aware(model, preserve_sparsity=sparsity is not None)
+        qat = compress.quantize_aware(
+            model,
+            preserve_sparsity=sparsity is not None,
+            calibration_data=np.array_split(x_train[:256], 8),
+        )
         seconds += _fine_tune(config, teacher, qat, subset, x_train, y_train, output, "qat", logged)
         model = qat
         name_parts.append("QAT")

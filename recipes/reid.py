@@ -422,7 +422,9 @@ def run(config: ReIDConfig) -> dict:
     artifacts["student_ptq_int8"] = str(ptq_path)
     shipped, parity = ptq_path, None
     if config.compress.enabled:
-        compressed, seconds, sparsity = _compress(config, teacher, folded, dataset, output)
+        compressed, seconds, sparsity = _compress(
+            config, teacher, folded, dataset, data.train.images, output
+        )
         encoder = embedding_model(compressed, name="student_embedding")
         int8_path = output / "student_int8.tflite"
         int8 = to_tflite(encoder, "int8", path=int8_path)
@@ -491,7 +493,7 @@ def _record(session, config, report, artifacts, shipped, data, params) -> dict:
     return run_summary(record)
 
 
-def _compress(config, teacher, folded, dataset, output):
+def _compress(config, teacher, folded, dataset, images, output):
     """Prune (polynomial ramp) and QAT-fine-tune the folded student with the teacher."""
     settings = config.compress
     temperature = 1.0
@@ -521,7 +523,7 @@ def _compress(config, teacher, folded, dataset, output):
         model = compress.strip(pruned)
         seconds += spent
         sparsity = compress.sparsity_report(model)["total"]
-    qat = compress.quantize_aware(model)
+    qat = compress.quantize_aware(model, calibration_data=np.array_split(images[:256], 8))
     spent, _, _ = _distill(
         config,
         teacher,

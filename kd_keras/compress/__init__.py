@@ -17,6 +17,7 @@ from kd_keras.compress.prune import (
 )
 from kd_keras.compress.quantize import (
     OutputQuantizeConfig,
+    calibrate_quantization_ranges,
     is_quantize_aware,
     quantize_aware,
     quantize_scope,
@@ -38,6 +39,7 @@ __all__ = [
     "adapt_batchnorm",
     "choose_sparsity",
     "is_pruned",
+    "calibrate_quantization_ranges",
     "is_quantize_aware",
     "prune",
     "pruning_schedule",

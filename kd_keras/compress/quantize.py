@@ -4,11 +4,16 @@
 trained on its own or as the student of a `Distiller` (KD-aware QAT), then converted with
 `kd_keras.export.to_tflite(model, mode="int8")`; the learned ranges make a representative dataset
 unnecessary. `preserve_sparsity=True` (PQAT) keeps the zeros of a pruned-and-stripped model.
+
+TF-MOT starts every activation range at [-6, 6] and moves it by 0.1% per training step, so a short
+QAT run keeps clipping activations outside ±6 (box sizes in pixels, large logits). Passing
+`calibration_data` sets each activation range to the values seen on a few batches first, as
+post-training calibration would; training then refines them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -101,6 +106,8 @@ def quantize_aware(
     *,
     preserve_sparsity: bool | None = None,
     quantize_configs: Mapping[str, _quantization.QuantizeConfig] | None = None,
+    calibration_data: Iterable | None = None,
+    calibration_batches: int = 8,
 ) -> keras.Model:
     """A quantization-aware copy of `model` (TF-MOT default 8-bit scheme), weights kept.
 
@@ -110,6 +117,10 @@ def quantize_aware(
             training; `None` turns it on when any kernel is at least 20% zeros.
         quantize_configs: a `QuantizeConfig` per layer name or layer class name, for layers the
             default scheme does not know (custom layers), e.g. `{"LMA": OutputQuantizeConfig()}`.
+        calibration_data: batches of model inputs (or `(inputs, targets)` pairs), e.g. the
+            training dataset; the activation ranges start from what `calibration_batches` of them
+            produce (see `calibrate_quantization_ranges`) instead of TF-MOT's [-6, 6].
+        calibration_batches: how many batches of `calibration_data` to read.
 
     Returns:
         A new functional model whose layers are wrapped (`quant_<name>`).
@@ -163,7 +174,7 @@ def quantize_aware(
     custom = {type(c).__name__: type(c) for c in configs.values()}
     with _quantization.quantize_scope(custom):
         try:
-            return _quantization.quantize_apply(annotated, scheme)
+            qat = _quantization.quantize_apply(annotated, scheme)
         except RuntimeError as error:
             # E.g. a BatchNormalization not preceded by a Conv/Dense it could be folded into.
             raise ValueError(
@@ -171,6 +182,104 @@ def quantize_aware(
                 "pass quantize_configs={layer_name: QuantizeConfig} for it. "
                 f"Received: model={model.name!r}."
             ) from None
+    if calibration_data is not None:
+        calibrate_quantization_ranges(qat, calibration_data, calibration_batches)
+    return qat
+
+
+class _RangeRecorder:
+    """Stands in for an activation quantizer: widens its range variables, passes values through."""
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        low, high = weights["min_var"], weights["max_var"]
+        axes = list(range(inputs.shape.rank - 1)) if low.shape.rank else None
+        values = tf.cast(inputs, tf.float32)
+        low.assign(tf.minimum(low, tf.reduce_min(values, axis=axes)))
+        high.assign(tf.maximum(high, tf.reduce_max(values, axis=axes)))
+        return inputs
+
+
+def _activation_quantizer_sites(model: keras.Model) -> list[tuple[object, str, object, dict]]:
+    """`(owner, attribute, quantizer, range variables)` of every activation/output quantizer."""
+    sites = []
+    for layer in model.layers:
+        if isinstance(layer, quantize_layer.QuantizeLayer) and layer.quantizer:
+            sites.append((layer, "quantizer", layer.quantizer, layer.quantizer_vars))
+        if not isinstance(layer, quantize_wrapper.QuantizeWrapper):
+            continue
+        if layer._output_quantizers:
+            quantizer = layer._output_quantizers[0]
+            sites.append((layer._output_quantizers, 0, quantizer, layer._output_quantizer_vars))
+        for activation in layer._quantize_activations:
+            for attribute in ("_pre_activation_vars", "_post_activation_vars"):
+                if hasattr(activation, attribute):
+                    variables = getattr(activation, attribute)
+                    sites.append((activation, "quantizer", activation.quantizer, variables))
+    return sites
+
+
+def calibrate_quantization_ranges(qat_model: keras.Model, data: Iterable, batches: int = 8) -> int:
+    """Sets every activation and weight range of a quantization-aware model from `data`.
+
+    Weight ranges are taken from the weights, as a training step would. For activations, the
+    model runs in inference mode with their fake quantization switched off, and
+    records each quantized tensor's range over the batches:
+
+        min_var = min(0, min over batches of the tensor),  max_var = max(0, max over batches)
+
+    (the same min/max a post-training calibration uses). Weights are untouched; a later QAT run
+    keeps refining the ranges with TF-MOT's moving average.
+
+    Args:
+        qat_model: a model from `quantize_aware` (or a Distiller's QAT student).
+        data: batches of inputs, or `(inputs, targets[, weights])` tuples.
+        batches: how many batches to read.
+
+    Returns:
+        The number of ranges set.
+
+    Raises:
+        ValueError: `qat_model` has no quantization wrappers, or `data` yields no batch.
+    """
+    model = getattr(qat_model, "student", qat_model)
+    sites = _activation_quantizer_sites(model)
+    if not sites:
+        raise ValueError(
+            "calibrate_quantization_ranges needs a model from quantize_aware. Received: "
+            f"model={model.name!r} without quantization wrappers."
+        )
+    unique = {id(variables["min_var"]): variables for *_, variables in sites}
+    for variables in unique.values():
+        variables["min_var"].assign(tf.zeros_like(variables["min_var"]))
+        variables["max_var"].assign(tf.zeros_like(variables["max_var"]))
+    recorder = _RangeRecorder()
+    for owner, attribute, _, _ in sites:
+        _set(owner, attribute, recorder)
+    for layer in model.layers:
+        # Weight ranges follow the weights at each training step; set them now for inference.
+        for weight, quantizer, variables in getattr(layer, "_weight_vars", ()):
+            quantizer(weight, True, weights=variables)
+    seen = 0
+    try:
+        for batch in data:
+            if seen >= batches:
+                break
+            inputs = batch[0] if isinstance(batch, tuple | list) else batch
+            model(inputs, training=False)
+            seen += 1
+    finally:
+        for owner, attribute, quantizer, _ in sites:
+            _set(owner, attribute, quantizer)
+    if seen == 0:
+        raise ValueError("calibrate_quantization_ranges got no batch. Pass a non-empty dataset.")
+    return len(unique)
+
+
+def _set(owner, attribute, value) -> None:
+    if isinstance(owner, list):
+        owner[attribute] = value
+    else:
+        setattr(owner, attribute, value)
 
 
 def is_quantize_aware(model: keras.Model) -> bool:

@@ -280,3 +280,30 @@ def test_sparsity_curve_with_adaptive_bn_and_saved_outputs(teacher, tmp_path):
     paths = compress.save_curve(curve, tmp_path)
     assert json.loads(Path(paths["json"]).read_text())["chosen"] == 0.95
     assert Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrated_ranges_stop_short_qat_from_clipping_large_activations():
+    # Outputs reach beyond ±20, far outside TF-MOT's initial [-6, 6] activation range.
+    inputs = keras.Input((4,))
+    scale = keras.initializers.Constant(10.0)
+    outputs = keras.layers.Dense(3, kernel_initializer=scale, name="wide")(inputs)
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    assert np.abs(expected).max() > 20
+
+    plain = compress.quantize_aware(model)
+    assert np.abs(plain.predict(x, verbose=0)).max() <= 6.0 + 1e-4  # clipped
+
+    calibrated = compress.quantize_aware(model, calibration_data=np.array_split(x, 4))
+    output_range = np.ptp(expected)  # the calibrated range spans the outputs (and 0)
+    np.testing.assert_allclose(
+        calibrated.predict(x, verbose=0), expected, atol=output_range / 255 + 1e-4
+    )
+    # Calibration leaves the weights alone, and the model still trains (ranges keep moving).
+    np.testing.assert_array_equal(compress.quantized_kernels(calibrated)["wide"].numpy(), 10.0)
+    assert compress.calibrate_quantization_ranges(calibrated, [x[:8]]) >= 2
+    with pytest.raises(ValueError, match="needs a model from quantize_aware"):
+        compress.calibrate_quantization_ranges(model, [x])
+    with pytest.raises(ValueError, match="got no batch"):
+        compress.calibrate_quantization_ranges(calibrated, [])
