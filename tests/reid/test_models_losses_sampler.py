@@ -132,10 +132,16 @@ def test_two_output_model_trains_with_per_output_losses():
         keras.optimizers.Adam(0.01),
         loss={"features": TripletLoss(0.3), "logits": IdentityLoss(0.1)},
     )
+    targets = {"features": labels, "logits": labels}
+
+    def loss_on_all_images() -> float:  # one fixed batch: not at the mercy of the sampler's draws
+        return model.evaluate(images, targets, batch_size=8, verbose=0)[0]
+
+    before = loss_on_all_images()
     dataset = pk_dataset(images, labels, PKSampler(labels, 2, 2), steps=8, augment=False)
-    history = model.fit(dataset, epochs=4, verbose=0).history
+    history = model.fit(dataset, epochs=12, verbose=0).history
     assert all(np.isfinite(history["loss"]))
-    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert loss_on_all_images() < 0.6 * before
 
 
 def test_folded_bnneck_gives_the_same_embeddings():
