@@ -398,9 +398,13 @@ def run(config: DetectConfig) -> dict:
         return [] if session is None else [session.callback(stage)]
 
     size = (config.image_size, config.image_size)
-    train_ds = detection_dataset(
-        train, size, config.batch_size, training=True, augment=config.augment, seed=config.seed
-    )
+
+    def train_ds() -> tf.data.Dataset:
+        # A new dataset per training: every student sees the same batches in the same order.
+        return detection_dataset(
+            train, size, config.batch_size, training=True, augment=config.augment, seed=config.seed
+        )
+
     steps = max(1, len(train) // config.batch_size)
     val_images = load_images(val, size)
     checkpoints = output / "checkpoints"
@@ -436,7 +440,7 @@ def run(config: DetectConfig) -> dict:
         teacher = build("teacher", config.teacher_model)
         teacher_seconds = train_plain(
             teacher,
-            train_ds,
+            train_ds(),
             config.teacher_epochs,
             config.learning_rate,
             steps,
@@ -459,7 +463,7 @@ def run(config: DetectConfig) -> dict:
     scratch = build("student_scratch", config.student_model)
     seconds = train_plain(
         scratch,
-        train_ds,
+        train_ds(),
         config.epochs,
         config.learning_rate,
         steps,
@@ -477,7 +481,7 @@ def run(config: DetectConfig) -> dict:
                 teacher,
                 student,
                 config.distill,
-                train_ds,
+                train_ds(),
                 config.epochs,
                 config.learning_rate,
                 steps,
@@ -492,7 +496,7 @@ def run(config: DetectConfig) -> dict:
         teacher,
         student,
         config.distill,
-        train_ds,
+        train_ds(),
         config.epochs,
         config.learning_rate,
         steps,
@@ -503,7 +507,7 @@ def run(config: DetectConfig) -> dict:
     rows.append(row("student (distilled)", student, seconds))
 
     deployed, compress_report = compress_and_export(
-        config, teacher, student, train, train_ds, steps, output
+        config, teacher, student, train, train_ds(), steps, output
     )
     int8_path = output / "student_int8.tflite"
     int8_row = {

@@ -5,9 +5,15 @@ OpenCV (which releases the GIL), runs the box-aware geometric augmentation and e
 targets; batches are mapped with `num_parallel_calls=AUTOTUNE` and prefetched. Colour jitter and
 the float conversion then run in-graph on the whole batch. Small datasets are decoded and resized
 once and kept in memory (`cache_images`).
+
+Training batches are reproducible: the shuffle is seeded, and each batch draws its augmentation
+from a generator seeded with `(seed, its image indices)`, so two datasets built with the same seed
+yield the same batches in the same order, whatever the number of parallel calls.
 """
 
 from __future__ import annotations
+
+import threading
 
 import cv2
 import numpy as np
@@ -71,7 +77,7 @@ def detection_dataset(
         batch_size: images per batch.
         training: shuffle (reshuffled each epoch) and repeat-safe ordering; `False` keeps order.
         augment: albumentations flip and scale/crop, then batched colour jitter (training only).
-        seed: shuffle and augmentation seed.
+        seed: shuffle and augmentation seed; the same seed gives the same batches.
         stride: output stride of the model.
         cache_images: keep decoded images in memory; default when they fit in 512 MiB.
         drop_remainder: default `training`.
@@ -87,13 +93,19 @@ def detection_dataset(
         cache_images = len(records) * image_size[0] * image_size[1] * 3 <= CACHE_LIMIT_BYTES
     cached = load_images(dataset, image_size) if cache_images else None
     boxes = [resized_boxes(r, image_size) for r in records]
-    augmentation = build_augmentation(image_size, seed=seed) if training and augment else None
+    augment = training and augment
     out_h, out_w = image_size[0] // stride, image_size[1] // stride
-
-    colour_rng = np.random.default_rng(seed) if augmentation is not None else None
+    per_thread = threading.local()  # albumentations pipelines hold their generator: one per call
 
     def load_batch(indices):
         count = len(indices)
+        augmentation = None
+        if augment:
+            rng = np.random.default_rng([seed, *indices.tolist()])
+            if not hasattr(per_thread, "augmentation"):
+                per_thread.augmentation = build_augmentation(image_size)
+            augmentation = per_thread.augmentation
+            augmentation.set_random_seed(int(rng.integers(2**31)))
         images = np.empty((count, *image_size, 3), np.uint8)
         heatmaps = np.empty((count, out_h, out_w, num_classes), np.float32)
         sizes = np.empty((count, out_h, out_w, 3), np.float32)
@@ -109,10 +121,10 @@ def detection_dataset(
             images[slot] = image
             heatmaps[slot], sizes[slot] = targets["heatmap"], targets["size"]
             offsets[slot] = targets["offset"]
-        if colour_rng is None:
+        if augmentation is None:
             colours = np.tile(np.float32(IDENTITY_COLOUR), (count, 1))
         else:
-            colours = sample_colour_factors(colour_rng, count)
+            colours = sample_colour_factors(rng, count)
         return images, heatmaps, sizes, offsets, colours
 
     def to_tensors(indices):
@@ -120,7 +132,7 @@ def detection_dataset(
             load_batch,
             [indices],
             [tf.uint8, tf.float32, tf.float32, tf.float32, tf.float32],
-            stateful=augmentation is not None,
+            stateful=False,
         )
         images.set_shape([None, *image_size, 3])
         heatmap.set_shape([None, out_h, out_w, num_classes])
@@ -128,7 +140,7 @@ def detection_dataset(
         offset.set_shape([None, out_h, out_w, 3])
         colours.set_shape([None, 4])
         images = tf.cast(images, tf.float32) / 255.0
-        if colour_rng is not None:
+        if augment:
             images = apply_colour_jitter(images, colours)
         return images, (heatmap, size, offset)
 
@@ -138,5 +150,5 @@ def detection_dataset(
     data = data.batch(
         batch_size, drop_remainder=training if drop_remainder is None else drop_remainder
     )
-    data = data.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+    data = data.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -168,3 +168,21 @@ def test_pipeline_batches_targets(shapes):
     augmented = detection_dataset(dataset, (64, 64), batch_size=2, training=True, seed=1)
     images, targets = next(iter(augmented))
     assert images.shape == (2, 64, 64, 3) and targets[2].shape == (2, 16, 16, 3)
+
+
+def _two_epochs(dataset, seed):
+    data = detection_dataset(dataset, (64, 64), batch_size=2, training=True, seed=seed)
+    return [np.concatenate([images.numpy().ravel(), targets[0].numpy().ravel()])
+            for _ in range(2) for images, targets in data]  # fmt: skip
+
+
+def test_training_batches_repeat_for_the_same_seed(shapes):
+    dataset = load_coco_dataset(*shapes["train"])
+    first, again = _two_epochs(dataset, seed=5), _two_epochs(dataset, seed=5)
+    assert len(first) == 6
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Epochs differ (reshuffled, re-augmented), and so does another seed.
+    assert not np.array_equal(first[0], first[3])
+    other = _two_epochs(dataset, seed=6)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
