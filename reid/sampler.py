@@ -96,17 +96,25 @@ def pk_dataset(
     def gather(indices):
         return tf.gather(images, indices), tf.gather(labels, indices)
 
-    def shift_and_flip(batch, batch_labels):
-        padded = tf.pad(batch, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+    def shift_and_flip(step, batch_and_labels):
+        batch, batch_labels = batch_and_labels
+        # Stateless draws keyed by (seed, step): the same seed gives the same batches.
         size = tf.shape(batch)[0]
-        crops = tf.map_fn(
-            lambda image: tf.image.random_crop(image, [height, width, 3], seed=seed),
-            padded,
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), step]), 2
         )
-        flip = tf.random.uniform([size, 1, 1, 1], seed=seed) < 0.5
+        shifts = tf.constant([2 * pad_h + 1, 2 * pad_w + 1], tf.float32)
+        corners = tf.cast(tf.random.stateless_uniform([size, 2], seeds[0]) * shifts, tf.int32)
+        flip = tf.random.stateless_uniform([size, 1, 1, 1], seeds[1]) < 0.5
+        padded = tf.pad(batch, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        crops = tf.map_fn(
+            lambda args: tf.slice(args[0], [args[1][0], args[1][1], 0], [height, width, 3]),
+            (padded, corners),
+            fn_output_signature=padded.dtype,
+        )
         return tf.where(flip, tf.reverse(crops, axis=[2]), crops), batch_labels
 
     dataset = tf.data.Dataset.from_tensor_slices(index_batches).map(gather)
     if augment:
-        dataset = dataset.map(shift_and_flip)
+        dataset = dataset.enumerate().map(shift_and_flip)
     return dataset.prefetch(2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from reid.market1501 import SPLITS, ImageName
+
+MARKER = "dataset.json"  # the settings the folder was written with
 
 _PATTERNS = ("plain", "horizontal", "vertical", "checks")
 _VIEWS = ("front", "back", "side")
@@ -332,6 +335,7 @@ def write_synthetic_market1501(
             pid = test_ids[int(rng.integers(len(test_ids)))]
             image = _render(appearance[pid], cameras[cam_index], config.image_size, rng, crop=True)
             write("bounding_box_test", -1, cam_index + 1, image)
+        (staging / MARKER).write_text(json.dumps(_settings(config)) + "\n")
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -339,11 +343,28 @@ def write_synthetic_market1501(
     return root
 
 
+def _settings(config: SyntheticConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def ensure_synthetic_market1501(
     root: str | os.PathLike, config: SyntheticConfig = SyntheticConfig()
 ) -> Path:
-    """Returns `root`, writing the dataset there first when the folder does not exist yet."""
+    """Returns `root`, holding the dataset of `config`.
+
+    The dataset is written when `root` does not exist, and written again (then swapped in) when
+    `root` holds a built-in dataset made with other settings, as recorded in its `dataset.json`.
+    """
     root = Path(root)
     if not root.exists():
-        write_synthetic_market1501(root, config)
+        return write_synthetic_market1501(root, config)
+    marker = root / MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == _settings(config):
+        return root
+    fresh = write_synthetic_market1501(root.with_name(f".{root.name}.new"), config)
+    stale = root.with_name(f".{root.name}.old")
+    shutil.rmtree(stale, ignore_errors=True)
+    os.replace(root, stale)
+    os.replace(fresh, root)
+    shutil.rmtree(stale, ignore_errors=True)
     return root

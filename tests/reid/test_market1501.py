@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -112,3 +114,13 @@ def test_loader_errors(tmp_path, tiny_root):
         load_split(tmp_path / "junk", "query")
     with pytest.raises(ValueError, match="cameras_per_identity"):
         SyntheticConfig(cameras=3, cameras_per_identity=1)
+
+
+def test_ensure_rewrites_a_dataset_made_with_other_settings(tmp_path):
+    root = ensure_synthetic_market1501(tmp_path / "market", TINY)
+    queries = len(list((root / "query").iterdir()))
+    assert ensure_synthetic_market1501(root, TINY) == root
+    more = dataclasses.replace(TINY, test_identities=TINY.test_identities + 2)
+    ensure_synthetic_market1501(root, more)
+    assert len(list((root / "query").iterdir())) == queries + 2 * more.cameras_per_identity
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["market"]

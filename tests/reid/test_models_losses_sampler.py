@@ -119,8 +119,19 @@ def test_pk_dataset_batches_and_augmentation():
     for (batch, batch_labels), indices in zip(plain, sampler.batches(3)):
         np.testing.assert_array_equal(batch.numpy(), images[indices])
         np.testing.assert_array_equal(batch_labels.numpy(), labels[indices])
-    augmented = next(iter(pk_dataset(images, labels, sampler, steps=1, augment=True)))[0]
-    assert augmented.shape == (4, 8, 4, 3)
+    augmented = [b.numpy() for b, _ in pk_dataset(images, labels, sampler, 3, True, seed=1)]
+    assert augmented[0].shape == (4, 8, 4, 3)
+    # Each image is a window of the zero-padded original, maybe mirrored.
+    for batch, indices in zip(augmented, sampler.batches(3)):
+        for image, index in zip(batch, indices):
+            padded = np.pad(images[index], [(1, 1), (1, 1), (0, 0)])
+            windows = [padded[y : y + 8, x : x + 4] for y in range(3) for x in range(3)]
+            windows += [w[:, ::-1] for w in windows]
+            assert any(np.array_equal(image, w) for w in windows)
+    again = [b.numpy() for b, _ in pk_dataset(images, labels, sampler, 3, True, seed=1)]
+    other = [b.numpy() for b, _ in pk_dataset(images, labels, sampler, 3, True, seed=2)]
+    np.testing.assert_array_equal(np.stack(augmented), np.stack(again))
+    assert not np.array_equal(np.stack(augmented), np.stack(other))
 
 
 def test_two_output_model_trains_with_per_output_losses():
