@@ -192,7 +192,7 @@ class DetectConfig:
     teacher_epochs: int = 30
     epochs: int = 30
     batch_size: int = 16
-    learning_rate: float = 0.002
+    learning_rate: float = 0.004
     seed: int = 0
     ablation: bool = False
     latency_runs: int = 100

@@ -48,7 +48,7 @@ class SyntheticConfig:
     """
 
     train_identities: int = 64
-    test_identities: int = 48
+    test_identities: int = 160
     cameras: int = 6
     cameras_per_identity: int = 3
     images_per_camera: int = 3
