@@ -118,7 +118,7 @@ class ReIDConfig:
     teacher: str | None = None
     p: int = 8
     k: int = 4
-    epochs: int = 10
+    epochs: int = 30
     steps_per_epoch: int = 60
     teacher_epochs: int = 10
     teacher_steps_per_epoch: int = 100
