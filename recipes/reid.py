@@ -95,8 +95,8 @@ class CompressSettings:
 
     enabled: bool = True
     sparsity: float = 0.3
-    prune_steps: int = 150
-    qat_steps: int = 200
+    prune_steps: int = 300
+    qat_steps: int = 300
     learning_rate: float = 0.0005
 
     def __post_init__(self):
