@@ -10,6 +10,7 @@ from detection.data.coco_dataset import (
     AnnotationError,
     AnnotationIssue,
     CocoDataset,
+    DatasetError,
     ImageRecord,
     load_coco_dataset,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "AnnotationError",
     "AnnotationIssue",
     "CocoDataset",
+    "DatasetError",
     "ImageRecord",
     "apply_augmentation",
     "apply_colour_jitter",

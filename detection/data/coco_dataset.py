@@ -24,6 +24,9 @@ ON_ERROR = ("raise", "skip")
 # Boxes may overshoot the image by this many pixels (rounding in annotation tools).
 _EDGE_TOLERANCE = 1.0
 _REPORTED_ISSUES = 20
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientations 5-8 turn the image by 90 degrees: width and height swap.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,11 @@ class AnnotationIssue:
         return f"{self.file} [{', '.join(ids)}]: {self.reason}"
 
 
-class AnnotationError(ValueError):
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on or scored as it is."""
+
+
+class AnnotationError(DatasetError):
     """A dataset with bad annotations or images, loaded with `on_error="raise"`."""
 
     def __init__(self, issues: list[AnnotationIssue]):
@@ -114,6 +121,45 @@ class CocoDataset:
         data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
         return dataclasses.replace(self, records=records, coco=_coco_from_dict(data))
 
+    def aligned_to(self, reference: CocoDataset) -> CocoDataset:
+        """This set with class indices following `reference`'s categories (matched by id).
+
+        A validation set written separately from its training set may list fewer categories, or
+        list them in another order; class index `i` must still mean `reference.category_ids[i]`
+        or every score is given to the wrong category.
+
+        Raises:
+            DatasetError: a category id unknown to `reference`, or one named differently.
+        """
+        known = dict(zip(reference.category_ids, reference.class_names))
+        unknown = [c for c in self.category_ids if c not in known]
+        renamed = [
+            f"{c}: {name!r} vs {known[c]!r}"
+            for c, name in zip(self.category_ids, self.class_names)
+            if c in known and name != known[c]
+        ]
+        if unknown or renamed:
+            raise DatasetError(
+                f"The categories of {self.annotations_file} do not match those of "
+                f"{reference.annotations_file}: the models predict the reference's categories "
+                f"{dict(known)}. Use the same 'categories' list in both files. Received: "
+                f"unknown ids {unknown}, renamed {renamed}."
+            )
+        if self.category_ids == reference.category_ids:
+            return self
+        index = {c: i for i, c in enumerate(reference.category_ids)}
+        to_reference = np.array([index[c] for c in self.category_ids], np.int64)
+        records = [dataclasses.replace(r, classes=to_reference[r.classes]) for r in self.records]
+        data = dict(self.coco.dataset)
+        data["categories"] = [c for c in reference.coco.dataset["categories"]]
+        return dataclasses.replace(
+            self,
+            records=records,
+            category_ids=reference.category_ids,
+            class_names=reference.class_names,
+            coco=_coco_from_dict(data),
+        )
+
     def subset(self, count: int) -> CocoDataset:
         """The first `count` images (and their ground truth), for quick runs."""
         return self.select(range(min(count, len(self.records))))
@@ -127,14 +173,43 @@ def _coco_from_dict(data: dict) -> COCO:
     return coco
 
 
-def _check_image(path: Path) -> str | None:
+def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None]:
+    """`(problem, (width, height))` of an image file as it is displayed (EXIF orientation applied).
+
+    The pipeline reads pixels with OpenCV, which applies the EXIF orientation, so the displayed
+    size is the one boxes must be drawn in. JPEGs are decoded in full (at 1/8 scale, which still
+    reads every coded block) because a truncated JPEG passes the header check and OpenCV decodes
+    its missing part as grey with only a warning.
+    """
     if not path.is_file():
-        return "image file is missing"
+        return "image file is missing", None
     try:
         with Image.open(path) as image:
-            image.verify()
+            size, orientation = image.size, image.getexif().get(_EXIF_ORIENTATION, 1)
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.load()
+            else:
+                image.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"image file cannot be read ({type(error).__name__}: {error})"
+        return f"image file cannot be read ({type(error).__name__}: {error})", None
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        size = (size[1], size[0])
+    return None, (int(size[0]), int(size[1]))
+
+
+def _size_problem(entry: dict, real: tuple[int, int] | None, path: Path) -> str | None:
+    width, height = entry.get("width", 0), entry.get("height", 0)
+    if not (isinstance(width, int | float) and isinstance(height, int | float)):
+        return f"image entry needs numeric width and height; got {width!r} x {height!r}"
+    if not (width > 0 and height > 0):
+        return "image entry needs positive width and height"
+    if real is not None and (int(width), int(height)) != real:
+        return (
+            f"the JSON says {int(width)}x{int(height)} but {path.name} is {real[0]}x{real[1]} "
+            "as displayed (EXIF orientation applied); its boxes would land on the wrong pixels. "
+            "Annotate the image as displayed and fix width/height in the JSON"
+        )
     return None
 
 
@@ -210,19 +285,30 @@ def load_coco_dataset(
         raise ValueError(f"{annotations_file} defines no categories. Received: categories=[].")
 
     images = {}
+    files_by_id: dict[object, list[str]] = {}
     for image in data["images"]:
-        path = images_dir / image["file_name"]
-        problem = _check_image(path) if check_images else None
-        if problem is None and not (image.get("width", 0) > 0 and image.get("height", 0) > 0):
-            problem = "image entry needs positive width and height"
+        files_by_id.setdefault(image.get("id"), []).append(str(image.get("file_name")))
+    for image in data["images"]:
+        path = images_dir / str(image.get("file_name"))
+        files = files_by_id[image.get("id")]
+        if len(files) > 1:
+            problem = (
+                f"image id {image.get('id')!r} is used by {len(files)} images "
+                f"({', '.join(files)}); its boxes could belong to any of them. Give each image "
+                "its own id"
+            )
+        else:
+            problem, real_size = _inspect_image(path) if check_images else (None, None)
+            if problem is None:
+                problem = _size_problem(image, real_size, path)
         if problem is not None:
-            issues.append(AnnotationIssue(str(path), problem, image_id=image["id"]))
+            issues.append(AnnotationIssue(str(path), problem, image_id=image.get("id")))
             continue
         images[image["id"]] = image
 
     kept_annotations = []
     boxes: dict[int, list] = {image_id: [] for image_id in images}
-    bad_image_ids = {i.image_id for i in issues}
+    bad_image_ids = {i.image_id for i in issues if i.annotation_id is None}
     for ann in data["annotations"]:
         image_id, ann_id = ann.get("image_id"), ann.get("id")
         if image_id in bad_image_ids:
@@ -237,7 +323,9 @@ def load_coco_dataset(
         if problem is not None:
             issues.append(AnnotationIssue(json_name, problem, image_id, ann_id))
             continue
-        ann = {**ann, "area": float(ann.get("area", ann["bbox"][2] * ann["bbox"][3]))}
+        # COCOeval reads `iscrowd` from every ground-truth box; many exporters leave it out.
+        area = float(ann.get("area", ann["bbox"][2] * ann["bbox"][3]))
+        ann = {**ann, "iscrowd": int(ann.get("iscrowd", 0)), "area": area}
         kept_annotations.append(ann)
         if not ann.get("iscrowd", 0):
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -263,9 +351,16 @@ def load_coco_dataset(
             )
         )
     if not records:
-        raise ValueError(
+        raise DatasetError(
             f"No usable images in {annotations_file} ({len(issues)} bad entries). "
             "Received: an empty dataset."
+        )
+    if not any(len(r.boxes) for r in records):
+        raise DatasetError(
+            f"{annotations_file} has {len(records)} usable images but no boxes to train on or "
+            "score against (COCOeval's AP is undefined without ground truth). Check that "
+            "'annotations' refer to these images' ids and are not all crowd regions. "
+            "Received: 0 boxes."
         )
     clean = {
         "images": [images[i] for i in sorted(images)],

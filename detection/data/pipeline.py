@@ -41,6 +41,13 @@ def read_image(record: ImageRecord, image_size: tuple[int, int]) -> np.ndarray:
             f"Cannot read image {record.path} (image_id={record.image_id}). Check the file, "
             f"or load the dataset with on_error='skip'. Received: path={str(record.path)!r}."
         )
+    if image.shape[:2] != (record.height, record.width):
+        raise ValueError(
+            f"Image {record.path} (image_id={record.image_id}) decodes to "
+            f"{image.shape[1]}x{image.shape[0]} but its record says {record.width}x"
+            f"{record.height}; boxes would land on the wrong pixels. Load it with "
+            f"load_coco_dataset, which checks sizes. Received: path={str(record.path)!r}."
+        )
     image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.shape[:2] != tuple(image_size):
         image = cv2.resize(image, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
