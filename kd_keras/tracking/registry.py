@@ -1,16 +1,24 @@
 """Model registry: TFLite students as versions, `challenger`/`champion` aliases, promotion gates.
 
-Promotion compares the challenger with the champion on one run metric and checks the deployment
-gates (size, latency, LiteRT parity). A version that passes is tagged approved; the `champion`
-alias is then settled on the best approved version with a read-after-write loop:
+Promotion compares the challenger with whatever version holds `champion` when it starts (also
+after someone moved the alias by hand, e.g. a rollback) on one run metric and checks the
+deployment gates (size, latency, LiteRT parity). A version that passes is tagged approved; the
+`champion` alias is then settled with a read-after-write loop among the *contenders*: approved
+versions whose promotion had not finished when this one started (it finishes when it writes its
+`kd_keras.promotion.decision` tag), so approvals from earlier promotions, such as a version
+rolled back from, no longer compete:
 
-    repeat: best = best approved version (metric, then newest); if champion == best: stop;
-            else set champion = best
+    repeat: best = best contender (metric, then newest); read champion
+            if champion == best: stop
+            if champion is neither the one read at the start nor a contender: stop (moved by
+                someone else meanwhile, e.g. by hand; not overwritten)
+            set champion = best
 
-A process stops only after reading `champion == best` after its own last write, and every other
-promoter approves before it reads, so when two promotions race the last write is the better
-model: `champion` never ends on the worse one (with any store that serializes writes: SQLite,
-or one `mlflow server`). To withdraw a version from promotion, delete its
+A process stops only after reading `champion == best` after its own last write, and every
+concurrent promoter approves before it reads, so when two promotions race the last write is the
+better model: `champion` never ends on the worse one (with any store that serializes writes:
+SQLite, or one `mlflow server`). A concurrent promotion is reported only when the alias changed
+after this promotion read it. To withdraw a version from promotion, delete its
 `kd_keras.promotion.approved` tag.
 """
 
@@ -32,6 +40,9 @@ APPROVED = "kd_keras.promotion.approved"
 SIZE_METRIC = "tflite_size_kb"
 LATENCY_METRIC = "tflite_latency_ms"
 PARITY_METRIC = "tflite_parity"
+DECISION = "kd_keras.promotion.decision"
+PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a tracking server's answer before `promote` gives up on it."""
 
 
 def register_version(
@@ -161,8 +172,18 @@ def promote(
 
     Raises:
         ValueError: no such version or no `challenger` alias.
+        TrackingError: the tracking server does not answer within `PROBE_TIMEOUT` seconds, or
+            the champion kept changing for `max_rounds` rounds.
     """
+    problem = _store.reachable(tracking_uri, PROBE_TIMEOUT)
+    if problem is not None:
+        raise _store.TrackingError(
+            f"The tracking server at {tracking_uri} did not answer ({problem}). Start it "
+            "(`mlflow server ...`) or pass the right --tracking-uri / MLFLOW_TRACKING_URI. "
+            f"Received: tracking_uri={tracking_uri!r}."
+        )
     client = _store.LockRetryingClient(MlflowClient(tracking_uri=tracking_uri))
+    finished = _finished_approvals(client, model)
     challenger = _version(client, model, version) if version else _alias(client, model, CHALLENGER)
     if challenger is None:
         wanted = f"version {version}" if version else "version with alias 'challenger'"
@@ -181,12 +202,24 @@ def promote(
         reasons.insert(0, f"version {challenger_version} is already champion")
     champion_after = champion_version
     if not reasons:
+        # A decision left by an earlier attempt would mark this new approval as finished.
+        if DECISION in challenger.tags:
+            client.delete_model_version_tag(model, challenger_version, DECISION)
         client.set_model_version_tag(model, challenger_version, APPROVED, metric)
-        champion_after = _settle(client, model, metric, sign, max_rounds)
-        if champion_after != challenger_version:
+        finished.discard(challenger_version)
+        champion_after, contenders = _settle(
+            client, model, metric, sign, champion_version, finished, max_rounds
+        )
+        if champion_after in contenders and champion_after != challenger_version:
             reasons.append(
                 f"passed, but version {champion_after} is better on {metric} and is champion "
                 "(promoted concurrently)"
+            )
+        elif champion_after != challenger_version:
+            moved_to = "no version" if champion_after is None else f"version {champion_after}"
+            reasons.append(
+                f"passed, but champion moved from version {champion_version} to {moved_to} "
+                "during this promotion; rerun it to compare with the new champion"
             )
     decision = PromotionDecision(
         model=model,
@@ -198,6 +231,7 @@ def promote(
         reasons=tuple(reasons),
         champion_after=champion_after,
     )
+    # Once `decision` is written, later promotions no longer count this approval as a contender.
     tags = {
         "decision": "promoted" if decision.promoted else "refused",
         "reasons": "; ".join(reasons) or "all checks passed",
@@ -250,28 +284,58 @@ def _missing(name, reference, value, role, version) -> Check:
     return Check(name, reference, value, "must be recorded", False, reason)
 
 
-def _settle(client: MlflowClient, model: str, metric: str, sign: float, rounds: int) -> str:
-    """Sets `champion` to the best approved version until a read after the last write agrees."""
+def _settle(
+    client: MlflowClient,
+    model: str,
+    metric: str,
+    sign: float,
+    start: str | None,
+    finished: set[str],
+    rounds: int,
+) -> tuple[str | None, set[str]]:
+    """Sets `champion` to the best contender until a read after the last write agrees.
+
+    Args:
+        start: the champion read when the promotion started.
+        finished: approved versions whose promotion had finished by then (not contenders).
+
+    Returns:
+        The champion when the loop stopped, and the contenders of the last round.
+    """
     for _ in range(rounds):
-        best = _best_approved(client, model, metric, sign)
+        ranked = _contenders(client, model, metric, sign, finished)
+        best = str(max(ranked)[1])
+        contenders = {str(number) for _, number in ranked}
         current = _alias(client, model, CHAMPION)
-        if current is not None and str(current.version) == best:
-            return best
+        current_version = None if current is None else str(current.version)
+        if current_version == best:
+            return best, contenders
+        if current_version != start and current_version not in contenders:
+            return current_version, contenders
         client.set_registered_model_alias(model, CHAMPION, best)
     raise _store.TrackingError(
         f"The champion of {model!r} kept changing for {rounds} rounds; rerun the promotion."
     )
 
 
-def _best_approved(client: MlflowClient, model: str, metric: str, sign: float) -> str:
-    candidates = []
+def _contenders(
+    client: MlflowClient, model: str, metric: str, sign: float, finished: set[str]
+) -> list[tuple[float, int]]:
+    """`(sign * metric, version)` of the versions approved on `metric`, except `finished`."""
+    ranked = []
     for version in _all_versions(client, model):
-        if version.tags.get(APPROVED) != metric:
+        if version.tags.get(APPROVED) != metric or str(version.version) in finished:
             continue
         value = _metrics(client, version).get(metric)
         if value is not None:
-            candidates.append((sign * value, int(version.version)))
-    return str(max(candidates)[1])
+            ranked.append((sign * value, int(version.version)))
+    return ranked
+
+
+def _finished_approvals(client: MlflowClient, model: str) -> set[str]:
+    """Approved versions whose promotion already wrote its decision."""
+    versions = _all_versions(client, model)
+    return {str(v.version) for v in versions if APPROVED in v.tags and DECISION in v.tags}
 
 
 def _all_versions(client: MlflowClient, model: str) -> list:

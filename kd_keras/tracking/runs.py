@@ -9,6 +9,7 @@ training.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -25,6 +26,7 @@ from kd_keras.tracking.pyfunc import save_tflite_model
 from kd_keras.tracking.upload import (
     MODEL_ARTIFACT,
     PENDING,
+    SESSION,
     RunRecord,
     completed,
     short_error,
@@ -51,6 +53,9 @@ class RunSession:
         artifact_location: artifact root for a new experiment (default: the store's default).
         probe_timeout: seconds to wait for an HTTP store's `/health` before each batch of calls;
             an unreachable store is detected in this time instead of MLflow's retry back-off.
+        resume: continue the run an interrupted process left in `output_dir/mlflow/session.json`
+            (same store and experiment): its metrics are kept and the run is marked RUNNING
+            again instead of being left behind as a stale RUNNING run.
 
     Example:
         >>> session = RunSession("runs/classify", task="classification")
@@ -70,6 +75,7 @@ class RunSession:
         task: str | None = None,
         artifact_location: str | None = None,
         probe_timeout: float = 2.0,
+        resume: bool = True,
     ):
         self.output_dir = Path(output_dir)
         self.tracking_uri = tracking_uri
@@ -84,6 +90,10 @@ class RunSession:
         self._tags = _store.environment_tags(task)
         self._metrics: list[list] = []
         self._sent = 0
+        self._state_file = self.output_dir / SESSION
+        self._resumed = False
+        if resume:
+            self._load_state()
 
     def callback(self, prefix: str = "") -> MlflowCallback:
         """A Keras callback logging each epoch's metrics as `<prefix>/<name>`."""
@@ -93,15 +103,14 @@ class RunSession:
         """Keeps `values` for the run and sends them now if the store is reachable."""
         timestamp = _store.now_ms()
         self._metrics.extend([k, float(v), int(step), timestamp] for k, v in values.items())
-        if not self._start():
-            return
-        rows = self._metrics[self._sent :]
-        try:
-            _store.log_metrics(self._client, self.run_id, rows)
-        except Exception as error:  # noqa: BLE001 - tracking must never stop training
-            self._stop("logging metrics", error)
-            return
-        self._sent += len(rows)
+        if self._start():
+            rows = self._metrics[self._sent :]
+            try:
+                _store.log_metrics(self._client, self.run_id, rows)
+                self._sent += len(rows)
+            except Exception as error:  # noqa: BLE001 - tracking must never stop training
+                self._stop("logging metrics", error)
+        self._save_state()
 
     def finish(
         self,
@@ -175,7 +184,14 @@ class RunSession:
         if tflite_path is not None:
             tflite_path = Path(tflite_path).resolve()
             summary["tflite_size_kb"] = tflite_path.stat().st_size / 1024
-            summary.update({f"tflite_{k}": float(v) for k, v in (tflite_metrics or {}).items()})
+            # An undefined measurement (COCOeval's AP without ground truth) is left out.
+            summary.update(
+                {
+                    f"tflite_{k}": float(v)
+                    for k, v in (tflite_metrics or {}).items()
+                    if _is_number(v)
+                }
+            )
             bundle["artifacts"].append([str(tflite_path), "tflite"])
             try:
                 model_dir = save_tflite_model(
@@ -200,7 +216,9 @@ class RunSession:
                 stacklevel=2,
             )
 
-        if not self._start():
+        # From here on the run lives in pending.json (or in the store): a rerun starts a new one.
+        self._state_file.unlink(missing_ok=True)
+        if not self._start(save=False):
             return self._pending(bundle, pending, steps(bundle, 0), self.problem)
         bundle["partial_run_id"] = self.run_id
         done: list[str] = []
@@ -214,24 +232,71 @@ class RunSession:
 
     # === Internals ===
 
-    def _start(self) -> bool:
+    def _start(self, save: bool = True) -> bool:
         if self.problem is not None:
             return False
         problem = _store.reachable(self.tracking_uri, self.probe_timeout)
         if problem is not None:
             self._stop("reaching the tracking server", problem)
             return False
-        if self.run_id is not None:
+        if self._client is not None:
             return True
         try:
             client = MlflowClient(tracking_uri=self.tracking_uri)
-            experiment_id = _store.experiment_id(client, self.experiment, self.artifact_location)
-            run = client.create_run(experiment_id, run_name=self.run_name, tags=self._tags)
+            if self.run_id is not None and self._resumed:
+                self._reopen(client)
+            if self.run_id is None:
+                experiment_id = _store.experiment_id(
+                    client, self.experiment, self.artifact_location
+                )
+                run = client.create_run(experiment_id, run_name=self.run_name, tags=self._tags)
+                self.run_id = run.info.run_id
         except Exception as error:  # noqa: BLE001
             self._stop("starting the run", error)
             return False
-        self._client, self.run_id = client, run.info.run_id
+        self._client = client
+        if save:
+            self._save_state()
         return True
+
+    def _reopen(self, client: MlflowClient) -> None:
+        """Marks the interrupted run RUNNING again, or forgets it if the store lost it."""
+        try:
+            run = client.get_run(self.run_id)
+        except Exception:  # noqa: BLE001 - deleted or from another store: start a new run
+            self.run_id, self._sent = None, 0
+            return
+        if run.info.status != "RUNNING":
+            client.update_run(self.run_id, status="RUNNING")
+        client.set_tag(self.run_id, "kd_keras.resumed", "true")
+
+    def _load_state(self) -> None:
+        try:
+            state = json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return
+        if (state.get("tracking_uri"), state.get("experiment")) != (
+            self.tracking_uri,
+            self.experiment,
+        ):
+            return
+        self.run_id = state.get("run_id")
+        self._metrics = [list(row) for row in state.get("metrics", [])]
+        self._sent = int(state.get("sent", 0)) if self.run_id else 0
+        self._resumed = True
+
+    def _save_state(self) -> None:
+        state = {
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment,
+            "run_id": self.run_id,
+            "metrics": self._metrics,
+            "sent": self._sent,
+        }
+        try:
+            atomic_write_json(self._state_file, state)
+        except OSError as error:  # a full disk must not stop training either
+            warnings.warn(f"Cannot save {self._state_file}: {error}", TrackingWarning, stacklevel=3)
 
     def _stop(self, action: str, error) -> None:
         self.problem = f"{action} at {self.tracking_uri} failed ({short_error(error)})"

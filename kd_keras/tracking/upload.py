@@ -14,6 +14,8 @@ from kd_keras.tracking import _store, registry
 
 PENDING = Path("mlflow") / "pending.json"
 RECORD = Path("mlflow") / "run.json"
+# The run an unfinished recipe is logging to, so a rerun after an interruption continues it.
+SESSION = Path("mlflow") / "session.json"
 MODEL_ARTIFACT = "tflite_model"
 
 
