@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from detection.centernet.centernet_decoder import Detections, decode_detections
 from detection.data.coco_dataset import CocoDataset
@@ -20,6 +20,15 @@ from detection.data.pipeline import load_images
 
 # COCOeval.stats indices of the metrics reported.
 METRICS = {"AP": 0, "AP50": 1, "AP75": 2, "AP_small": 3, "AP_medium": 4, "AP_large": 5}
+# The COCOeval area range (`Params.areaRngLbl`) each metric averages over.
+_AREA_LABELS = {
+    "AP": "all",
+    "AP50": "all",
+    "AP75": "all",
+    "AP_small": "small",
+    "AP_medium": "medium",
+    "AP_large": "large",
+}
 
 Predictor = Callable[[np.ndarray], Sequence[np.ndarray]]
 
@@ -32,12 +41,14 @@ def coco_evaluate(coco_gt: COCO, detections: list[dict]) -> dict[str, float | No
         detections: `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` dicts.
 
     Returns:
-        The metrics in [0, 1]; a size bucket without ground truth gives `None`. No detections at
-        all give AP 0.
+        The metrics in [0, 1]. A metric whose size bucket holds no non-crowd ground truth box
+        gives `None` (COCOeval's areas: small <= 32², medium 32²..96², large >= 96², bounds
+        inclusive, from each annotation's `area`); so does every metric when the ground truth
+        has no non-crowd box at all. With no detections, the other metrics are 0.
     """
     image_ids = sorted(coco_gt.getImgIds())
     if not detections:
-        return {name: 0.0 for name in METRICS}
+        return _without_detections(coco_gt, image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes([dict(d) for d in detections])
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
@@ -49,6 +60,25 @@ def coco_evaluate(coco_gt: COCO, detections: list[dict]) -> dict[str, float | No
     for name, index in METRICS.items():
         value = float(evaluator.stats[index])
         results[name] = None if value < 0 else value
+    return results
+
+
+def _without_detections(coco_gt: COCO, image_ids: list[int]) -> dict[str, float | None]:
+    """What COCOeval reports for no detections: 0 where a bucket has ground truth, else `None`.
+
+    COCOeval itself cannot run without detections (`loadRes` rejects an empty list).
+    """
+    params = Params(iouType="bbox")
+    ranges = dict(zip(params.areaRngLbl, params.areaRng))
+    areas = [
+        annotation["area"]
+        for annotation in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=image_ids))
+        if not annotation.get("iscrowd", 0)
+    ]
+    results = {}
+    for name, label in _AREA_LABELS.items():
+        low, high = ranges[label]
+        results[name] = 0.0 if any(low <= area <= high for area in areas) else None
     return results
 
 

@@ -2,7 +2,8 @@
 
 Compares the challenger (alias `challenger`, or `--version`) with the champion on a run metric,
 checks the deployment gates, moves `champion` only if everything passes, and records the decision
-and its reasons as tags on the version. Exit code 0: promoted; 1: not promoted; 2: bad input.
+and its reasons as tags on the version. Exit code 0: promoted; 1: not promoted; 2: bad input;
+3: the tracking store cannot be used (e.g. the server does not answer).
 
 The store is `--tracking-uri`, else `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the
 working directory.
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except tracking.TrackingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     print(decision.table())
     return 0 if decision.promoted else 1
 

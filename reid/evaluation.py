@@ -34,16 +34,23 @@ class RankingResult:
     skipped_queries: int
 
     def rank(self, k: int) -> float:
-        return float(self.cmc[min(k, len(self.cmc)) - 1])
+        """Rank-k accuracy: the fraction of queries whose first correct match is in the top k.
+
+        Raises:
+            ValueError: `k` is not between 1 and the curve's length (`max_rank`).
+        """
+        max_rank = len(self.cmc)
+        if not 1 <= k <= max_rank:
+            raise ValueError(
+                "Expected k between 1 and the CMC curve's length max_rank (evaluate with a "
+                f"larger max_rank to read deeper ranks). Received: k={k}, max_rank={max_rank}."
+            )
+        return float(self.cmc[k - 1])
 
     def as_dict(self) -> dict:
-        return {
-            "rank1": self.rank(1),
-            "rank5": self.rank(5),
-            "rank10": self.rank(10),
-            "mAP": self.mean_ap,
-            "valid_queries": self.valid_queries,
-        }
+        """Rank-1, -5 and -10 accuracy (those within `max_rank`), mAP and valid queries."""
+        ranks = {f"rank{k}": self.rank(k) for k in (1, 5, 10) if k <= len(self.cmc)}
+        return {**ranks, "mAP": self.mean_ap, "valid_queries": self.valid_queries}
 
 
 def pairwise_distances(

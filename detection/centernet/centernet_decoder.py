@@ -1,7 +1,18 @@
-"""Decoding CenterNet outputs into boxes: 3×3 max-pool peaks, top-K, boxes in image coordinates.
+"""Decoding CenterNet outputs into boxes: 3×3 local-maximum peaks, top-K, boxes in input pixels.
 
 `decode_detections` is a numpy post-process (for `.tflite` outputs on a robot, or Keras outputs);
 `CenterNetDecoder` is the same step as a Keras layer, for an in-graph decoder (`add_decoder`).
+Both follow one rule, so they return the same peaks in the same order:
+
+- Peaks are decided on the logits of each class map. A cell is a peak when no cell of its 3×3
+  neighbourhood is larger and no *earlier* neighbour (raster order: the row above, or the cell
+  to its left) is equal. A plateau of equal maxima (common after int8 quantization) thus keeps
+  its first cell in raster order, which is one box for a compact (e.g. 2×2) plateau.
+- Peaks are ranked by logit (hence by score), largest first; equal logits are ordered by
+  ascending flat index `(y * W + x) * C + c` (row-major, then class), also at the top-K cut.
+
+Scores are the sigmoid of the peak logits; the two sigmoid implementations can differ in the
+last float32 bit, which never changes the selection or the order.
 """
 
 from __future__ import annotations
@@ -37,23 +48,45 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
+# The 8 neighbours of a cell as (dy, dx), and whether each comes earlier in raster order.
+_NEIGHBOURS = tuple(
+    (dy, dx, dy < 0 or (dy == 0 and dx < 0))
+    for dy in (-1, 0, 1)
+    for dx in (-1, 0, 1)
+    if (dy, dx) != (0, 0)
+)
+
+
 def peak_mask(heatmap: np.ndarray) -> np.ndarray:
     """Local maxima of a `[H, W, C]` map over each 3×3 window (the max-pool "NMS").
 
-    A location is a peak when no neighbour is larger; among equal neighbours (plateaus, common
-    after int8 quantization) only the first in raster order is kept, so a plateau gives one box.
+    A location is a peak when no neighbour is larger and no earlier neighbour in raster order
+    is equal: of a plateau of equal neighbours (common after int8 quantization) only the first
+    cell in raster order is kept, so a compact plateau gives one box. `CenterNetDecoder` uses
+    the same rule.
     """
     height, width = heatmap.shape[:2]
     padded = np.pad(heatmap, ((1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     peaks = np.ones(heatmap.shape, bool)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-            earlier = dy < 0 or (dy == 0 and dx < 0)
-            peaks &= heatmap > neighbour if earlier else heatmap >= neighbour
+    for dy, dx, earlier in _NEIGHBOURS:
+        neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        peaks &= heatmap > neighbour if earlier else heatmap >= neighbour
     return peaks
+
+
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` largest of 1-D `values`, largest first, equal values by index.
+
+    The order `tf.math.top_k` gives, including which of several equal values make the cut.
+    """
+    if k < values.size:
+        kth = np.partition(values, values.size - k)[values.size - k]
+        above = np.flatnonzero(values > kth)
+        ties = np.flatnonzero(values == kth)[: k - len(above)]
+        indices = np.sort(np.concatenate([above, ties]))
+    else:
+        indices = np.arange(values.size)
+    return indices[np.argsort(-values[indices], kind="stable")]
 
 
 def decode_detections(
@@ -74,6 +107,9 @@ def decode_detections(
         top_k: at most this many peaks per image.
         score_threshold: peaks below this probability are dropped.
 
+    Peaks follow `peak_mask`; they are ranked by logit, equal logits by ascending flat index
+    `(y * W + x) * C + c`, exactly as `CenterNetDecoder` ranks them.
+
     Returns:
         A list with one `Detections` per image.
     """
@@ -90,24 +126,26 @@ def decode_detections(
     results = []
     num_classes = heatmap_logits.shape[-1]
     for logits, sizes, offsets in zip(heatmap_logits, size, offset):
-        scores = _sigmoid(logits)
-        flat = np.where(peak_mask(logits), scores, 0.0).reshape(-1)
-        k = min(top_k, flat.size)
-        candidates = np.argpartition(-flat, k - 1)[:k]
-        candidates = candidates[np.argsort(-flat[candidates], kind="stable")]
-        candidates = candidates[flat[candidates] >= score_threshold]
+        peaks = peak_mask(logits).reshape(-1)
+        ranked = np.where(peaks, logits.reshape(-1), -np.inf)
+        candidates = _top_k(ranked, min(top_k, ranked.size))
+        candidates = candidates[peaks[candidates]]
+        scores = _sigmoid(ranked[candidates])
+        candidates, scores = (
+            candidates[scores >= score_threshold],
+            scores[scores >= score_threshold],
+        )
         cell, classes = np.divmod(candidates, num_classes)
         ys, xs = np.divmod(cell, logits.shape[1])
-        centre_x = (xs + offsets[ys, xs, 0]) * stride
-        centre_y = (ys + offsets[ys, xs, 1]) * stride
-        half_w = np.maximum(sizes[ys, xs, 0], 0.0) * stride / 2
-        half_h = np.maximum(sizes[ys, xs, 1], 0.0) * stride / 2
+        # float32 throughout, the arithmetic of `CenterNetDecoder`, so both give the same boxes.
+        centre_x = (xs.astype(np.float32) + offsets[ys, xs, 0]) * np.float32(stride)
+        centre_y = (ys.astype(np.float32) + offsets[ys, xs, 1]) * np.float32(stride)
+        half_w = np.maximum(sizes[ys, xs, 0], 0.0) * np.float32(stride) / np.float32(2)
+        half_h = np.maximum(sizes[ys, xs, 1], 0.0) * np.float32(stride) / np.float32(2)
         boxes = np.stack(
             [centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=-1
         ).astype(np.float32)
-        results.append(
-            Detections(boxes.reshape(-1, 4), flat[candidates].astype(np.float32), classes)
-        )
+        results.append(Detections(boxes.reshape(-1, 4), scores.astype(np.float32), classes))
     return results
 
 
@@ -116,8 +154,11 @@ class CenterNetDecoder(keras.layers.Layer):
     """In-graph decoding: `[heatmap, size, offset]` to padded top-K boxes, scores and classes.
 
     Returns `boxes` `[b, top_k, 4]` (`x_min, y_min, x_max, y_max`, input pixels), `scores`
-    `[b, top_k]` and `classes` `[b, top_k]` (int32). Peaks are locations equal to their 3×3
-    max-pool; entries are sorted by score and not thresholded (filter on `scores`).
+    `[b, top_k]` and `classes` `[b, top_k]` (int32). Peaks follow the rule of `peak_mask`: no
+    larger 3×3 neighbour and no equal earlier neighbour in raster order, so a plateau keeps its
+    first cell. They are ranked by logit, equal logits by ascending flat index
+    `(y * W + x) * C + c`, as in `decode_detections`. Entries are not thresholded (filter on
+    `scores`); when there are fewer than `top_k` peaks the rest are padding with score 0.
     """
 
     def __init__(self, stride: int = 4, top_k: int = 100, **kwargs):
@@ -129,13 +170,23 @@ class CenterNetDecoder(keras.layers.Layer):
 
     def call(self, inputs):
         heatmap_logits, size, offset = inputs
-        scores = tf.sigmoid(heatmap_logits)
-        pooled = tf.nn.max_pool2d(scores, 3, 1, "SAME")
-        scores = tf.where(tf.equal(scores, pooled), scores, tf.zeros_like(scores))
-        shape = tf.shape(scores)
-        width, classes = shape[2], shape[3]
-        flat = tf.reshape(scores, [shape[0], -1])
-        top_scores, indices = tf.math.top_k(flat, k=tf.minimum(self.top_k, tf.shape(flat)[1]))
+        shape = tf.shape(heatmap_logits)
+        height, width, classes = shape[1], shape[2], shape[3]
+        padded = tf.pad(
+            heatmap_logits, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=-float("inf")
+        )
+        peaks = tf.ones_like(heatmap_logits, tf.bool)
+        for dy, dx, earlier in _NEIGHBOURS:
+            neighbour = padded[:, 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+            compare = tf.greater if earlier else tf.greater_equal
+            peaks = tf.logical_and(peaks, compare(heatmap_logits, neighbour))
+        peaks = tf.reshape(peaks, [shape[0], -1])
+        flat = tf.reshape(heatmap_logits, [shape[0], -1])
+        ranked = tf.where(peaks, flat, tf.fill(tf.shape(flat), -float("inf")))
+        # `top_k` puts the lower index first among equal values: the documented tie order.
+        top_logits, indices = tf.math.top_k(ranked, k=tf.minimum(self.top_k, tf.shape(ranked)[1]))
+        is_peak = tf.gather(peaks, indices, batch_dims=1)
+        top_scores = tf.where(is_peak, tf.sigmoid(top_logits), tf.zeros_like(top_logits))
         cell, label = indices // classes, indices % classes
         ys, xs = cell // width, cell % width
         positions = tf.stack([ys, xs], axis=-1)
