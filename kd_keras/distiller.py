@@ -189,11 +189,12 @@ class Distiller(keras.Model):
         for index, term in enumerate(self.distillation_losses):
             temperature = None if term.temperature is None else term.temperature(step)
             teacher_out = tf.stop_gradient(teacher_outputs[index])
-            term_losses.append(term.compute(teacher_out, student_outputs[index], y, temperature))
+            term_loss = term.compute(teacher_out, student_outputs[index], y, temperature)
+            term_losses.append(tf.cast(term_loss, tf.float32))
             temperatures.append(temperature)
         student_loss = None
         if self.student_loss is not None and y is not None:
-            student_loss = _reduce_to_batch(self.student_loss(y, prediction))
+            student_loss = _reduce_to_batch(self.student_loss(y, _as_float32(prediction)))
         return prediction, student_loss, term_losses, temperatures
 
     def _teacher_outputs(self, x, cached=None) -> list:
@@ -223,10 +224,11 @@ class Distiller(keras.Model):
             # Average over the global batch so gradients summed across replicas are the mean.
             loss = tf.nn.compute_average_loss(total)
             if self.student.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.student.losses))
-        variables = self.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+                regularization = tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
+                loss += tf.nn.scale_regularization_loss(regularization)
+        # `minimize` lets a `LossScaleOptimizer` (mixed precision) scale the loss before the
+        # gradient and unscale the gradients after it; other optimizers just apply the gradients.
+        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._update_metrics(
             y, prediction, student_loss, term_losses, temperatures, total, distillation
         )
@@ -387,6 +389,17 @@ def _feature_model(model: keras.Model, layer_names: Sequence[str | None]) -> ker
 
 def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+def _as_float32(outputs):
+    """Casts the floating tensors of `outputs` (a tensor or a nest of them) to float32.
+
+    Under the `mixed_float16` policy the student outputs float16; its task loss (softmax, log) and
+    the loss scale applied to it would overflow or underflow in half precision.
+    """
+    return tf.nest.map_structure(
+        lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs
+    )
 
 
 def _as_weight_list(weights, count: int) -> list[schedules.Schedule]:

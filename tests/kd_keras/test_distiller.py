@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -327,3 +329,101 @@ def test_interrupted_training_resumes_from_backup(tmp_path):
     uninterrupted = distiller()
     uninterrupted.fit(x, y, batch_size=4, epochs=4, shuffle=False, verbose=0)
     np.testing.assert_allclose(resumed(x).numpy(), uninterrupted(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _policy(name):
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_trains_through_the_loss_scale_optimizer():
+    x, y = tiny_data(8)
+    with _policy("mixed_float16"):
+        teacher, student = _pair()
+        assert student(x).dtype == tf.float16
+        teacher_before = [w.numpy().copy() for w in teacher.weights]
+        distiller = Distiller(teacher, student, LogitsDistillation(2.0), [0.5], 0.5)
+        distiller.compile(keras.optimizers.Adam(0.05), loss=CE)
+        optimizer = distiller.optimizer
+        assert isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+        initial_scale = float(optimizer.loss_scale.numpy())
+        history = distiller.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0).history
+    losses_per_epoch = history["loss"]
+    assert np.all(np.isfinite(losses_per_epoch))
+    assert losses_per_epoch[-1] < losses_per_epoch[0]
+    # Six finite steps: each was applied and counted towards growing the loss scale.
+    assert int(optimizer.iterations.numpy()) == 6
+    assert int(optimizer.dynamic_counter.numpy()) == 6
+    assert float(optimizer.loss_scale.numpy()) == initial_scale == 2.0**15
+    for a, b in zip(teacher_before, teacher.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def _one_sgd_step(teacher, student, x, y, weight, learning_rate):
+    distiller = Distiller(teacher, student, LogitsDistillation(2.0), [weight], weight)
+    distiller.compile(keras.optimizers.SGD(learning_rate), loss=CE)
+    before = [v.numpy().copy() for v in distiller.trainable_variables]
+    distiller.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    after = [v.numpy() for v in distiller.trainable_variables]
+    return distiller, [(b - a) / learning_rate for b, a in zip(before, after)]
+
+
+def test_mixed_precision_step_unscales_gradients_like_float32():
+    # Loss weights of 1e-7 put the gradients below float16's smallest subnormal (6e-8): only a
+    # scaled loss keeps them representable through the float16 backward pass.
+    x, y = tiny_data(4)
+    weight, learning_rate = 1e-7, 1e6
+    teacher, student = _pair()
+    weights = teacher.get_weights(), student.get_weights()
+    _, float32_gradients = _one_sgd_step(teacher, student, x, y, weight, learning_rate)
+    with _policy("mixed_float16"):
+        teacher16, student16 = _pair()
+        teacher16.set_weights(weights[0])
+        student16.set_weights(weights[1])
+        with tf.GradientTape() as tape:
+            kd = losses.soft_target_kl(teacher16(x), student16(x, training=True), 2.0)
+            ce = keras.losses.sparse_categorical_crossentropy(
+                y, tf.cast(student16(x, training=True), tf.float32), from_logits=True
+            )
+            unscaled_loss = tf.reduce_mean(weight * kd + weight * ce)
+        unscaled = tape.gradient(unscaled_loss, student16.trainable_variables)
+        assert all(not np.any(g.numpy()) for g in unscaled)
+        distiller, mixed_gradients = _one_sgd_step(
+            teacher16, student16, x, y, weight, learning_rate
+        )
+    assert int(distiller.optimizer.iterations.numpy()) == 1
+    for expected, actual in zip(float32_gradients, mixed_gradients):
+        assert np.any(expected)
+        np.testing.assert_allclose(actual, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
+def test_float32_step_matches_tape_gradient_by_hand():
+    keras.utils.set_random_seed(0)
+    teacher = tiny_classifier(3, 8, name="teacher")
+    inputs = keras.Input((6, 6, 1))
+    features = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    features = keras.layers.GlobalAveragePooling2D()(features)
+    outputs = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.05))(features)
+    student = keras.Model(inputs, outputs, name="student")
+    x, y = tiny_data(4)
+    alpha, temperature, learning_rate = 0.7, 3.0, 0.5
+    before = [v.numpy().copy() for v in student.trainable_variables]
+    with tf.GradientTape() as tape:
+        logits = student(x, training=True)
+        kd = losses.soft_target_kl(teacher(x, training=False), logits, temperature)
+        ce = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        loss = tf.reduce_mean((1 - alpha) * ce + alpha * kd) + tf.add_n(student.losses)
+    expected = [
+        b - learning_rate * g.numpy()
+        for b, g in zip(before, tape.gradient(loss, student.trainable_variables))
+    ]
+    distiller = Distiller(teacher, student, LogitsDistillation(temperature), [alpha], 1 - alpha)
+    distiller.compile(keras.optimizers.SGD(learning_rate), loss=CE)
+    assert not isinstance(distiller.optimizer, keras.mixed_precision.LossScaleOptimizer)
+    distiller.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    for want, variable in zip(expected, student.trainable_variables):
+        np.testing.assert_allclose(variable.numpy(), want, rtol=1e-5, atol=1e-6)
