@@ -3,16 +3,38 @@
 A schedule maps the optimizer step to a float tensor. The Distiller evaluates it in-graph from a
 step variable that the `UpdateDistillationStep` callback advances (the TF-MOT `UpdatePruningStep`
 pattern), so `train_step` keeps no Python-side state and runs under any `tf.distribute` strategy.
+
+`Linear`, `Cosine`, `Exponential` and `Step` subclass the tf_keras learning-rate schedule that
+computes their formula (`PolynomialDecay`, `CosineDecay`, `ExponentialDecay`,
+`PiecewiseConstantDecay`), so the formula lives in tf_keras; these classes add validation, a
+flat config of their own arguments, `begin_step` and exact endpoints. `from_name` builds a
+schedule for a whole training run from a kind name with one endpoint rule.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import tensorflow as tf
 import tf_keras as keras
 
+__all__ = [
+    "SCHEDULES",
+    "Constant",
+    "Cosine",
+    "Exponential",
+    "Linear",
+    "Schedule",
+    "Step",
+    "UpdateDistillationStep",
+    "from_name",
+    "get",
+    "serialize",
+]
+
 _PACKAGE = "kd_keras"
+_tf_schedules = keras.optimizers.schedules
 
 
 class Schedule:
@@ -33,12 +55,6 @@ class Schedule:
         return float(self(tf.constant(step, tf.int64)))
 
 
-def _progress(step, begin_step: int, decay_steps: int) -> tf.Tensor:
-    """Fraction of the schedule done at `step`, clipped to [0, 1]."""
-    step = tf.cast(step, tf.float32)
-    return tf.clip_by_value((step - begin_step) / float(decay_steps), 0.0, 1.0)
-
-
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"Expected {name} > 0. Received: {name}={value!r}.")
@@ -46,7 +62,7 @@ def _check_positive(name: str, value: float) -> None:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Constant(Schedule):
-    """The same value at every step."""
+    """The same value at every step (no tf_keras schedule is a constant)."""
 
     def __init__(self, value: float):
         self.value = float(value)
@@ -59,7 +75,13 @@ class Constant(Schedule):
 
 
 class _Interpolating(Schedule):
-    """Goes from `initial_value` to `final_value` over `decay_steps` starting at `begin_step`."""
+    """Goes from `initial_value` to `final_value` over `decay_steps` starting at `begin_step`.
+
+    The value is exactly `initial_value` up to `begin_step` and exactly `final_value` from
+    `begin_step + decay_steps` on. In between, `_ramp` applies the subclass's tf_keras formula to
+    the steps since `begin_step`. The endpoints are pinned because float32 rounding in those
+    formulas (e.g. `(v0 − v1)·1 + v1`) can miss `v0` or `v1` by one ulp.
+    """
 
     def __init__(
         self, initial_value: float, final_value: float, decay_steps: int, begin_step: int = 0
@@ -72,6 +94,18 @@ class _Interpolating(Schedule):
         self.decay_steps = int(decay_steps)
         self.begin_step = int(begin_step)
 
+    def _ramp(self, steps_done: tf.Tensor) -> tf.Tensor:
+        """The value after `steps_done` (float32, in [0, decay_steps]) steps of the ramp."""
+        raise NotImplementedError
+
+    def __call__(self, step) -> tf.Tensor:
+        steps_done = tf.clip_by_value(
+            tf.cast(step, tf.float32) - self.begin_step, 0.0, float(self.decay_steps)
+        )
+        value = tf.cast(self._ramp(steps_done), tf.float32)
+        value = tf.where(steps_done <= 0.0, self.initial_value, value)
+        return tf.where(steps_done >= self.decay_steps, self.final_value, value)
+
     def get_config(self) -> dict:
         return {
             "initial_value": self.initial_value,
@@ -82,27 +116,53 @@ class _Interpolating(Schedule):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Linear(_Interpolating):
-    """Linear ramp: `v0 + (v1 − v0)·t`, with `t = clip((step − begin) / decay_steps, 0, 1)`."""
+class Linear(_Interpolating, _tf_schedules.PolynomialDecay):
+    """Linear ramp: `v0 + (v1 − v0)·t`, with `t = clip((step − begin) / decay_steps, 0, 1)`.
 
-    def __call__(self, step) -> tf.Tensor:
-        t = _progress(step, self.begin_step, self.decay_steps)
-        return self.initial_value + (self.final_value - self.initial_value) * t
+    The formula is tf_keras `PolynomialDecay(v0, decay_steps, end_learning_rate=v1, power=1)`,
+    `(v0 − v1)·(1 − t) + v1`, which also ramps up when `v1 > v0`.
+    """
+
+    def __init__(
+        self, initial_value: float, final_value: float, decay_steps: int, begin_step: int = 0
+    ):
+        super().__init__(initial_value, final_value, decay_steps, begin_step)
+        _tf_schedules.PolynomialDecay.__init__(
+            self, self.initial_value, self.decay_steps, end_learning_rate=self.final_value
+        )
+
+    def _ramp(self, steps_done):
+        return _tf_schedules.PolynomialDecay.__call__(self, steps_done)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Cosine(_Interpolating):
-    """Half-cosine ramp: `v1 + (v0 − v1)·(1 + cos(π·t)) / 2`."""
+class Cosine(_Interpolating, _tf_schedules.CosineDecay):
+    """Half-cosine ramp: `v1 + (v0 − v1)·c`, with `c = (1 + cos(π·t)) / 2` going from 1 to 0.
 
-    def __call__(self, step) -> tf.Tensor:
-        t = _progress(step, self.begin_step, self.decay_steps)
-        cosine = 0.5 * (1.0 + tf.cos(math.pi * t))
+    `c` is tf_keras `CosineDecay(1.0, decay_steps)` of the steps since `begin_step`. Scaling it
+    onto [v1, v0] here, rather than through `CosineDecay(v0, alpha=v1 / v0)`, keeps
+    `initial_value = 0` valid (e.g. a loss weight rising from 0).
+    """
+
+    def __init__(
+        self, initial_value: float, final_value: float, decay_steps: int, begin_step: int = 0
+    ):
+        super().__init__(initial_value, final_value, decay_steps, begin_step)
+        _tf_schedules.CosineDecay.__init__(self, 1.0, self.decay_steps)
+
+    def _ramp(self, steps_done):
+        cosine = _tf_schedules.CosineDecay.__call__(self, steps_done)
         return self.final_value + (self.initial_value - self.final_value) * cosine
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Exponential(_Interpolating):
-    """Geometric ramp: `v0 · (v1 / v0)^t`; both values must be > 0."""
+class Exponential(_Interpolating, _tf_schedules.ExponentialDecay):
+    """Geometric ramp: `v0 · (v1 / v0)^t`; both values must be > 0.
+
+    The formula is tf_keras `ExponentialDecay(v0, decay_steps, decay_rate=v1 / v0)` read at the
+    steps since `begin_step`, clipped to `decay_steps` so the value stops at `v1` (tf_keras
+    alone would keep decaying past it).
+    """
 
     def __init__(
         self, initial_value: float, final_value: float, decay_steps: int, begin_step: int = 0
@@ -110,15 +170,25 @@ class Exponential(_Interpolating):
         _check_positive("initial_value", initial_value)
         _check_positive("final_value", final_value)
         super().__init__(initial_value, final_value, decay_steps, begin_step)
+        _tf_schedules.ExponentialDecay.__init__(
+            self,
+            self.initial_value,
+            self.decay_steps,
+            decay_rate=self.final_value / self.initial_value,
+        )
 
-    def __call__(self, step) -> tf.Tensor:
-        t = _progress(step, self.begin_step, self.decay_steps)
-        return self.initial_value * tf.pow(self.final_value / self.initial_value, t)
+    def _ramp(self, steps_done):
+        return _tf_schedules.ExponentialDecay.__call__(self, steps_done)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Step(Schedule):
-    """Piecewise constant: `values[i]` for `boundaries[i-1] <= step < boundaries[i]`."""
+class Step(Schedule, _tf_schedules.PiecewiseConstantDecay):
+    """Piecewise constant: `values[i]` for `boundaries[i-1] <= step < boundaries[i]`.
+
+    The value changes *at* each boundary. tf_keras `PiecewiseConstantDecay` changes just after it
+    (`values[i]` for `boundaries[i-1] < step <= boundaries[i]`), so it is read at `step + 1`,
+    which for integer steps is the same rule.
+    """
 
     def __init__(self, boundaries: list[int], values: list[float]):
         boundaries = [int(b) for b in boundaries]
@@ -132,13 +202,14 @@ class Step(Schedule):
             raise ValueError(
                 f"Expected strictly increasing boundaries. Received: boundaries={boundaries}."
             )
-        self.boundaries = boundaries
-        self.values = values
+        _tf_schedules.PiecewiseConstantDecay.__init__(self, boundaries, values)
 
     def __call__(self, step) -> tf.Tensor:
+        if not self.boundaries:  # tf_keras needs at least one boundary
+            return tf.constant(self.values[0], tf.float32)
         step = tf.cast(step, tf.int64)
-        index = tf.reduce_sum(tf.cast(step >= tf.constant(self.boundaries, tf.int64), tf.int32))
-        return tf.gather(tf.constant(self.values, tf.float32), index)
+        value = _tf_schedules.PiecewiseConstantDecay.__call__(self, step + 1)
+        return tf.cast(value, tf.float32)
 
     def get_config(self) -> dict:
         return {"boundaries": list(self.boundaries), "values": list(self.values)}
@@ -151,6 +222,70 @@ SCHEDULES = {
     "exponential": Exponential,
     "step": Step,
 }
+
+
+def _check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"Expected a finite number for {name}. Received: {name}={value!r}.")
+
+
+def from_name(kind: str, initial: float, final: float, total_steps: int) -> Schedule:
+    """A schedule named `kind` from `initial` to `final` over a run of `total_steps` steps.
+
+    The one endpoint rule for schedules built from a name: the value is `initial` at step 0 and
+    exactly `final` at step `total_steps − 1`, the step the last training batch sees, and at every
+    step after. Per kind, with `N = total_steps`:
+
+    - `"linear"`, `"cosine"`, `"exponential"`: ramp over `N − 1` steps (`decay_steps = N − 1`).
+    - `"step"`: `initial` for steps `< N // 2`, `final` from step `N // 2` on, so the first
+      `⌊N/2⌋` steps see `initial` and the last `⌈N/2⌉` see `final`.
+    - `"constant"`: `initial` at every step; `final` is ignored.
+
+    With `N = 1` the only step is also the last, so it sees `final`: the ramps return
+    `Constant(final)` and `"step"` switches at step 0.
+
+    Args:
+        kind: one of `"constant"`, `"linear"`, `"cosine"`, `"exponential"`, `"step"`.
+        initial: value at step 0.
+        final: value at step `total_steps − 1` and after; both must be > 0 for `"exponential"`.
+        total_steps: number of training steps (batches) in the run, `>= 1`.
+
+    Returns:
+        A `Schedule`: `Constant`, `Linear`, `Cosine`, `Exponential` or `Step`.
+
+    Raises:
+        ValueError: unknown kind, non-finite values, non-positive values for `"exponential"`,
+            or `total_steps` not an integer `>= 1`.
+
+    Example:
+        >>> schedule = from_name("linear", 4.0, 1.0, total_steps=3)
+        >>> [schedule.value_at(step) for step in range(3)]
+        [4.0, 2.5, 1.0]
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"Expected kind in {tuple(SCHEDULES)}. Received: kind={kind!r}.")
+    _check_number("initial", initial)
+    _check_number("final", final)
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, numbers.Integral)
+        or total_steps < 1
+    ):
+        raise ValueError(
+            f"Expected an integer total_steps >= 1. Received: total_steps={total_steps!r}."
+        )
+    if kind == "exponential" and not (initial > 0 and final > 0):
+        raise ValueError(
+            "Expected initial > 0 and final > 0 for kind='exponential'. "
+            f"Received: initial={initial!r}, final={final!r}."
+        )
+    if kind == "constant":
+        return Constant(initial)
+    if kind == "step":
+        return Step([total_steps // 2], [initial, final])
+    if total_steps == 1:
+        return Constant(final)
+    return SCHEDULES[kind](initial, final, total_steps - 1)
 
 
 def get(identifier) -> Schedule:
@@ -170,6 +305,7 @@ def get(identifier) -> Schedule:
 
 
 def serialize(schedule: Schedule) -> dict:
+    """The `{"class_name": ..., "config": ...}` dict that `get` turns back into `schedule`."""
     return keras.saving.serialize_keras_object(schedule)
 
 

@@ -1,7 +1,7 @@
 """ReID distillation: dynamic temperature on identity logits, and embedding-level terms.
 
-- `dynamic_temperature` builds the shared temperature schedules (`kd_keras.schedules`) so that
-  logits KD on the identity classifier starts soft and ends at exactly T = 1 on the last step.
+- `dynamic_temperature` is `kd_keras.schedules.from_name` for temperatures, so that logits KD
+  on the identity classifier starts soft and ends at exactly T = 1 on the last step.
 - `SimilarityDistillation` matches the batch's pairwise similarity structure, which needs no
   common embedding size between teacher and student.
 - `ProjectionDistillation` maps the student embedding to the teacher's size with a learned
@@ -21,7 +21,6 @@ from kd_keras import schedules
 from kd_keras.terms import DistillationTerm
 
 _PACKAGE = "reid"
-SCHEDULE_KINDS = tuple(schedules.SCHEDULES)
 
 
 def dynamic_temperature(
@@ -29,27 +28,22 @@ def dynamic_temperature(
 ) -> schedules.Schedule:
     """A temperature going from `initial` to `final` over `total_steps` training steps.
 
-    The value reaches `final` on the last step (`total_steps − 1`, the step the last batch sees):
-    linear, cosine and exponential decay over `total_steps − 1` steps; `"step"` holds `initial`
-    for the first half and `final` after; `"constant"` stays at `initial` (the usual fixed-T KD).
+    `kd_keras.schedules.from_name(kind, initial, final, total_steps)` with both temperatures
+    checked > 0, so it follows the shared endpoint rule: `initial` at step 0, exactly `final` at
+    step `total_steps − 1` (the step the last batch sees) and after. Linear, cosine and
+    exponential decay over `total_steps − 1` steps; `"step"` holds `initial` for steps
+    `< total_steps // 2` and `final` after; `"constant"` stays at `initial` (the usual fixed-T KD).
+    With `total_steps = 1` the one step is the last and sees `final` (except `"constant"`).
 
     Raises:
-        ValueError: unknown kind, non-positive temperatures or `total_steps < 1`.
+        ValueError: unknown kind, non-positive temperatures or `total_steps` not an integer
+            `>= 1`.
     """
-    if kind not in SCHEDULE_KINDS:
-        raise ValueError(f"Expected kind in {SCHEDULE_KINDS}. Received: kind={kind!r}.")
-    if initial <= 0 or final <= 0:
+    if not (initial > 0 and final > 0):
         raise ValueError(
             f"Expected temperatures > 0. Received: initial={initial!r}, final={final!r}."
         )
-    if total_steps < 1:
-        raise ValueError(f"Expected total_steps >= 1. Received: total_steps={total_steps!r}.")
-    if kind == "constant":
-        return schedules.Constant(initial)
-    decay_steps = max(1, total_steps - 1)
-    if kind == "step":
-        return schedules.Step([max(1, decay_steps // 2)], [initial, final])
-    return schedules.SCHEDULES[kind](initial, final, decay_steps)
+    return schedules.from_name(kind, initial, final, total_steps)
 
 
 def _normalize(x: tf.Tensor) -> tf.Tensor:

@@ -34,6 +34,16 @@ def test_constant_temperature_and_bad_arguments():
         dynamic_temperature("linear", 0.0, 10)
 
 
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine", "exponential", "step"])
+@pytest.mark.parametrize("total_steps", [1, 2, 9])
+def test_dynamic_temperature_is_from_name(kind, total_steps):
+    ours = dynamic_temperature(kind, 5.0, total_steps, final=1.5)
+    shared = schedules.from_name(kind, 5.0, 1.5, total_steps)
+    assert type(ours) is type(shared) and ours.get_config() == shared.get_config()
+    for step in range(total_steps + 2):
+        assert ours.value_at(step) == shared.value_at(step)
+
+
 def test_similarity_loss_with_different_embedding_sizes_by_hand():
     teacher = np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]], np.float32)
     student = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
