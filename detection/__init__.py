@@ -4,8 +4,9 @@ detection.centernet   build_centernet, targets, losses, decoding, CenterNetDisti
 detection.data        load_coco_dataset (validated), the built-in dataset, augmentation, tf.data
 detection.evaluation  COCOeval of a Keras model or of a .tflite in LiteRT
 detection.litert      LiteRTDetector: an exported CenterNet in the LiteRT interpreter
+detection.visualize   draw_detections, detection and heatmap grids (PNG) of several models
 """
 
-from detection import centernet, data, evaluation, litert
+from detection import centernet, data, evaluation, litert, visualize
 
-__all__ = ["centernet", "data", "evaluation", "litert"]
+__all__ = ["centernet", "data", "evaluation", "litert", "visualize"]

@@ -1,4 +1,4 @@
-"""Run plots: training curves and accuracy against model size (PNG files, no display needed)."""
+"""Run plots: training curves and a metric against model size (PNG files, no display needed)."""
 
 from __future__ import annotations
 
@@ -40,10 +40,15 @@ def training_curves(metrics: Sequence[Sequence], path: str | os.PathLike) -> Pat
     return _save(figure, path)
 
 
-def accuracy_vs_size(
+def metric_vs_size(
     points: Sequence[tuple[str, float, float]], path: str | os.PathLike, metric: str = "accuracy"
 ) -> Path | None:
     """Scatter of `(label, size_bytes, value)` points, size on a log axis.
+
+    Args:
+        points: one `(label, size_bytes, value)` per model.
+        path: the PNG to write.
+        metric: the y-axis label (the metric's report key, e.g. `accuracy`, `AP`, `mAP`).
 
     Returns:
         `path`, or `None` when there are no points.

@@ -34,6 +34,9 @@ from kd_keras.tracking.upload import (
     upload,
 )
 
+# The run tag naming the report key of the task's headline metric (`accuracy`, `AP`, `mAP`...).
+HEADLINE_TAG = "kd_keras.headline_metric"
+
 
 class TrackingWarning(UserWarning):
     """Something was not logged to MLflow; it is kept on disk for `upload_pending`."""
@@ -124,6 +127,8 @@ class RunSession:
         calibration: Mapping | None = None,
         tflite_metrics: Mapping[str, float] | None = None,
         params: Mapping | None = None,
+        headline: str = "accuracy",
+        images: Mapping[str, str | os.PathLike] | None = None,
     ) -> RunRecord:
         """Logs everything about the finished run; never raises because tracking failed.
 
@@ -141,6 +146,14 @@ class RunSession:
             tflite_metrics: LiteRT measurements, logged as `tflite_<name>`: e.g. `accuracy`,
                 `latency_ms`, `parity` (the keys the promotion gates read).
             params: more params (teacher/student description, compression settings...).
+            headline: the report-row key of the task's headline metric (`accuracy`, `AP` for
+                detection, `mAP` or `rank1` for ReID). It is plotted against model size as
+                `plots/<headline>_vs_size.png` from the rows where it and `size_bytes` are finite
+                numbers (rows with `None`, e.g. an undefined AP, are left out), plus the int8
+                point `tflite_<headline>` from `tflite_metrics`; recorded as the tag
+                `kd_keras.headline_metric`.
+            images: `name -> path` of existing pictures (PNG) to log under `images/`, e.g.
+                detections drawn by each model.
 
         Returns:
             The `RunRecord`; `record.complete` is False when something waits in `pending_file`.
@@ -153,7 +166,7 @@ class RunSession:
             "artifact_location": self.artifact_location,
             "run_name": self.run_name,
             "params": {**_store.flatten(config), **_store.flatten(params or {})},
-            "tags": dict(self._tags),
+            "tags": {**self._tags, HEADLINE_TAG: str(headline)},
             "metrics": [],
             "artifacts": [],
             "model": None,
@@ -178,6 +191,12 @@ class RunSession:
                 bundle["artifacts"].append([str(path.resolve()), _artifact_dir(path)])
             else:
                 bundle["problems"].append(f"artifact {name!r} not found at {path}")
+        for name, path in (images or {}).items():
+            path = Path(path)
+            if path.is_file():
+                bundle["artifacts"].append([str(path.resolve()), "images"])
+            else:
+                bundle["problems"].append(f"image {name!r} not found at {path}")
         if tflite_path is not None and not Path(tflite_path).is_file():
             bundle["problems"].append(f"TFLite file not found at {tflite_path}")
             tflite_path = None
@@ -201,7 +220,7 @@ class RunSession:
             except Exception as error:  # noqa: BLE001
                 bundle["problems"].append(f"TFLite pyfunc model not built: {error}")
         try:
-            plotted = self._plots(files / "plots", report or {}, summary, tflite_path)
+            plotted = self._plots(files / "plots", report or {}, summary, tflite_path, headline)
             bundle["artifacts"].extend(plotted)
         except Exception as error:  # noqa: BLE001 - a plot never costs the run
             bundle["problems"].append(f"plots not drawn: {short_error(error)}")
@@ -326,17 +345,24 @@ class RunSession:
         )
         return record
 
-    def _plots(self, directory: Path, report: Mapping, summary: dict, tflite_path) -> list:
+    def _plots(
+        self, directory: Path, report: Mapping, summary: dict, tflite_path, headline: str
+    ) -> list:
         points = [
-            (row["model"], row["size_bytes"], row["accuracy"])
+            (str(row.get("model", "?")), float(row["size_bytes"]), float(row[headline]))
             for row in report.get("rows", [])
-            if row.get("size_bytes") is not None and row.get("accuracy") is not None
+            if _is_number(row.get("size_bytes")) and _is_number(row.get(headline))
         ]
-        if tflite_path is not None and "tflite_accuracy" in summary:
-            points.append(("int8 tflite", tflite_path.stat().st_size, summary["tflite_accuracy"]))
+        if tflite_path is not None and f"tflite_{headline}" in summary:
+            point = (float(tflite_path.stat().st_size), summary[f"tflite_{headline}"])
+            # The report often has the shipped int8 model as its last row already.
+            if point not in {(size, value) for _, size, value in points}:
+                points.append(("int8 tflite", *point))
         made = [
             plots.training_curves(self._metrics, directory / "training_curves.png"),
-            plots.accuracy_vs_size(points, directory / "accuracy_vs_size.png"),
+            plots.metric_vs_size(
+                points, directory / f"{_file_stem(headline)}_vs_size.png", headline
+            ),
         ]
         return [[str(path.resolve()), "plots"] for path in made if path is not None]
 
@@ -379,17 +405,19 @@ def record_run(
     session: RunSession | None = None,
     tracking_uri: str = _store.DEFAULT_TRACKING_URI,
     experiment: str = "kd-keras",
+    headline: str = "accuracy",
     **finish_kwargs,
 ) -> RunRecord:
     """Records a finished run in one call (see `RunSession.finish` for the other arguments).
 
     Pass the `session` whose callbacks logged the trainings, or none to start a run here.
+    `headline` names the report-row key of the task's headline metric (`accuracy`, `AP`, `mAP`).
     """
     if session is None:
         session = RunSession(
             output_dir, tracking_uri=tracking_uri, experiment=experiment, task=task
         )
-    return session.finish(config, report, artifacts, **finish_kwargs)
+    return session.finish(config, report, artifacts, headline=headline, **finish_kwargs)
 
 
 def _report_metrics(report: Mapping) -> dict[str, float]:
@@ -410,6 +438,11 @@ def _is_number(value) -> bool:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_").lower() or "row"
+
+
+def _file_stem(text: str) -> str:
+    """`text` kept as typed (`AP`, `mAP`) but safe in a file name."""
+    return re.sub(r"[^0-9a-zA-Z._-]+", "_", text).strip("_.") or "metric"
 
 
 def _artifact_dir(path: Path) -> str:
