@@ -7,6 +7,7 @@ key and what is allowed, before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -50,7 +51,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(
                 f"Expected an override like distill.temperature=4. Received: {override!r}."
             )
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as error:
+            problem = str(error).strip().splitlines()[0]
+            raise ConfigError(
+                f"Cannot read the value of {key} as YAML ({problem}). Values are plain YAML "
+                f"scalars or lists (4, 0.5, true, [1, 2], text); quote text with special "
+                f"characters. Received: {override!r}."
+            ) from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -159,9 +168,12 @@ def _coerce(annotation, value, key: str):
         if isinstance(value, bool):
             raise ConfigError(f"Expected a number for {key}. Received: {key}={value!r}.")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"Expected a number for {key}. Received: {key}={value!r}.") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"Expected a finite number for {key}. Received: {key}={value!r}.")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"Expected a string for {key}. Received: {key}={value!r}.")

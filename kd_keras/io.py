@@ -41,3 +41,13 @@ def atomic_save_model(model, path: str | os.PathLike) -> Path:
     model.save(temporary)
     os.replace(temporary, path)
     return path
+
+
+def atomic_save_weights(model, path: str | os.PathLike) -> Path:
+    """Saves a Keras model's weights (HDF5, by the `.h5` suffix) atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.h5")
+    model.save_weights(temporary)
+    os.replace(temporary, path)
+    return path

@@ -29,10 +29,11 @@ from kd_keras import compress, export, offline, schedules
 from kd_keras import config as config_lib
 from kd_keras import data as data_lib
 from kd_keras.distiller import Distiller
-from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
-from kd_keras.models import build_cnn_classifier
+from kd_keras.io import atomic_save_weights, atomic_write_bytes, atomic_write_json
+from kd_keras.models import build_cnn_classifier, load_model_file
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
+from kd_keras.run_state import RunState
 from kd_keras.subset import ClassSubset, parse_classes, save_class_mapping
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 from recipes.common import (
@@ -42,8 +43,11 @@ from recipes.common import (
     parse_and_run,
     print_artifacts,
     print_tracking,
+    reuse_or_train,
+    run_state,
     run_summary,
     tracking_session,
+    training_record,
 )
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
@@ -88,12 +92,10 @@ class DistillSettings:
         config_lib.check(self.hint_weight >= 0, "distill.hint_weight", ">= 0", self.hint_weight)
 
     def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
-        start, end = self.temperature, self.final_temperature
-        if self.schedule == "constant":
-            return schedules.Constant(start)
-        if self.schedule == "step":
-            return schedules.Step([max(1, total_steps // 2)], [start, end])
-        return schedules.SCHEDULES[self.schedule](start, end, max(1, total_steps))
+        """`temperature` at the first step to `final_temperature` at the last (`from_name`)."""
+        return schedules.from_name(
+            self.schedule, self.temperature, self.final_temperature, total_steps
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +182,7 @@ class ClassifyConfig:
     tracking_uri: str | None = None
     experiment: str = "kd-keras-classification"
     register_as: str | None = "classify-student"
+    restart: bool = False
     teacher_model: ModelSize = ModelSize(width=2.0, depth=1, dropout=0.3)
     student_model: ModelSize = ModelSize(width=0.25, depth=1)
     distill: DistillSettings = DistillSettings()
@@ -268,13 +271,7 @@ def load_data(config: ClassifyConfig) -> tuple[data_lib.ImageDataset, data_lib.I
 
 def load_teacher(path: str, dataset: data_lib.ImageDataset) -> keras.Model:
     """Loads a `.keras` teacher in safe mode and checks it fits the data."""
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".keras":
-        raise ValueError(
-            "Expected --teacher to be an existing .keras file saved with tf_keras. "
-            f"Received: teacher={str(path)!r}."
-        )
-    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    teacher = load_model_file(path, option="teacher")
     expected = tuple(teacher.input_shape[1:])
     if expected != dataset.input_shape:
         raise ValueError(
@@ -284,29 +281,19 @@ def load_teacher(path: str, dataset: data_lib.ImageDataset) -> keras.Model:
     return teacher
 
 
-def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rate=None) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
+@dataclasses.dataclass
+class Inputs:
+    """What `prepare` checked before training: the data, a given teacher, the run folder."""
+
+    train: data_lib.ImageDataset
+    test: data_lib.ImageDataset
+    teacher: keras.Model | None
+    subset: ClassSubset | None
+    state: RunState
 
 
-def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
-    return fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks)[0]
-
-
-def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, subset=None) -> float:
-    logits = model.predict(x, batch_size=256, verbose=0)
-    if subset is not None:
-        logits = logits[:, list(subset.class_indices)]
-    return float(np.mean(np.argmax(logits, axis=-1) == y))
-
-
-def run(config: ClassifyConfig) -> dict:
-    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
-    output = Path(config.output_dir)
-    keras.utils.set_random_seed(config.seed)
+def prepare(config: ClassifyConfig) -> Inputs:
+    """Loads and checks everything the run needs; every input error is raised here."""
     train, test = load_data(config)
     teacher = load_teacher(config.teacher, train) if config.teacher else None
     teacher_classes = teacher.output_shape[-1] if teacher is not None else train.num_classes
@@ -324,6 +311,44 @@ def run(config: ClassifyConfig) -> dict:
             f"{train.num_classes} ({', '.join(train.class_names)}). Pass --classes to distill "
             f"a subset, or a teacher trained on these classes. Received: teacher={config.teacher}."
         )
+    return Inputs(train, test, teacher, subset, run_state(config))
+
+
+def _compile(model: keras.Model, config: ClassifyConfig, loss=True, learning_rate=None) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate or config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> dict:
+    return training_record(*fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks))
+
+
+def _accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, subset=None) -> float:
+    logits = model.predict(x, batch_size=256, verbose=0)
+    if subset is not None:
+        logits = logits[:, list(subset.class_indices)]
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def run(config: ClassifyConfig, inputs: Inputs | None = None) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`).
+
+    Stages finished by an earlier run in `output_dir` (with the same config) are reused; an
+    interrupted one resumes from its last finished epoch.
+    """
+    inputs = inputs or prepare(config)
+    train, test, teacher, subset, state = (
+        inputs.train,
+        inputs.test,
+        inputs.teacher,
+        inputs.subset,
+        inputs.state,
+    )
+    output = Path(config.output_dir)
+    keras.utils.set_random_seed(config.seed)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
     session = tracking_session(config, "classification")
@@ -333,31 +358,40 @@ def run(config: ClassifyConfig) -> dict:
 
     augmentation = data_lib.random_shift(1, config.seed) if config.augment else None
     rows = []
-    teacher_seconds = None
+    teacher_trained = None
     if teacher is None:
-        teacher = build_cnn_classifier(
-            train.input_shape,
-            train.num_classes,
-            config.teacher_model.width,
-            config.teacher_model.depth,
-            dropout=config.teacher_model.dropout,
-            name="teacher",
+
+        def train_teacher():
+            model = build_cnn_classifier(
+                train.input_shape,
+                train.num_classes,
+                config.teacher_model.width,
+                config.teacher_model.depth,
+                dropout=config.teacher_model.dropout,
+                name="teacher",
+            )
+            _compile(model, config)
+            full = data_lib.training_dataset(
+                train.x, train.y, config.batch_size, config.seed, augmentation
+            )
+            return model, _fit(
+                model,
+                full,
+                config.teacher_epochs,
+                output / "checkpoints/teacher",
+                logged("teacher"),
+            )
+
+        teacher, teacher_trained = reuse_or_train(
+            state, "teacher", output / "teacher.keras", train_teacher
         )
-        _compile(teacher, config)
-        full = data_lib.training_dataset(
-            train.x, train.y, config.batch_size, config.seed, augmentation
-        )
-        teacher_seconds = _fit(
-            teacher, full, config.teacher_epochs, output / "checkpoints/teacher", logged("teacher")
-        )
-        atomic_save_model(teacher, output / "teacher.keras")
 
     x_train, y_train, x_test, y_test = train.x, train.y, test.x, test.y
     if subset is not None:
         x_train, y_train = subset.select(train.x, train.y)
         x_test, y_test = subset.select(test.x, test.y)
     num_classes = subset.num_classes if subset else train.num_classes
-    rows.append(_row("teacher", teacher, x_test, y_test, teacher_seconds, subset))
+    rows.append(_row("teacher", teacher, x_test, y_test, teacher_trained, subset))
 
     def new_student(name: str) -> keras.Model:
         size = config.student_model
@@ -365,41 +399,56 @@ def run(config: ClassifyConfig) -> dict:
             train.input_shape, num_classes, size.width, size.depth, dropout=size.dropout, name=name
         )
 
-    keras.utils.set_random_seed(config.seed + 1)
-    scratch = new_student("student_scratch")
-    _compile(scratch, config)
-    labelled = data_lib.training_dataset(
-        x_train, y_train, config.batch_size, config.seed, augmentation
+    def train_scratch():
+        keras.utils.set_random_seed(config.seed + 1)
+        model = new_student("student_scratch")
+        _compile(model, config)
+        labelled = data_lib.training_dataset(
+            x_train, y_train, config.batch_size, config.seed, augmentation
+        )
+        return model, _fit(
+            model,
+            labelled,
+            config.epochs,
+            output / "checkpoints/student_scratch",
+            logged("scratch"),
+        )
+
+    scratch, trained = reuse_or_train(
+        state, "scratch", output / "student_scratch.keras", train_scratch
     )
-    seconds = _fit(
-        scratch, labelled, config.epochs, output / "checkpoints/student_scratch", logged("scratch")
-    )
-    atomic_save_model(scratch, output / "student_scratch.keras")
-    rows.append(_row("student (scratch)", scratch, x_test, y_test, seconds))
+    rows.append(_row("student (scratch)", scratch, x_test, y_test, trained))
 
     keras.utils.set_random_seed(config.seed + 1)
     student = new_student("student")
     distiller, dataset = _distiller(
         config, teacher, student, subset, x_train, y_train, augmentation, output
     )
-    seconds = _fit(
-        distiller,
-        dataset,
-        config.epochs,
-        output / "checkpoints/student_distilled",
-        logged("distilled"),
-    )
-    student_path = atomic_save_model(student, output / "student.keras")
+
+    def train_student():
+        checkpoint = output / "checkpoints/student_distilled"
+        return student, _fit(distiller, dataset, config.epochs, checkpoint, logged("distilled"))
+
+    student_path = output / "student.keras"
+    student, trained = reuse_or_train(state, "student", student_path, train_student)
     if subset is not None:
         save_class_mapping(student_path, subset)
-    rows.append(_row("student (distilled)", student, x_test, y_test, seconds))
+    rows.append(_row("student (distilled)", student, x_test, y_test, trained))
 
     compression = None
     settings = config.compress
     if settings.sparsity is not None or settings.qat or settings.export is not None:
         keras.utils.set_random_seed(config.seed + 2)
         compression, compressed_rows = compress_student(
-            config, teacher, student, subset, x_train, y_train, x_test, y_test, output, logged
+            config,
+            teacher,
+            student,
+            subset,
+            (x_train, y_train),
+            (x_test, y_test),
+            output,
+            state,
+            logged,
         )
         rows.extend(compressed_rows)
 
@@ -418,9 +467,11 @@ def run(config: ClassifyConfig) -> dict:
         },
         "compression": compression,
     }
+    # The report is on disk before tracking runs: a store failure cannot cost it.
+    atomic_write_json(output / "report.json", report)
     if session is not None:
         report["mlflow"] = _record(session, config, report, distiller, x_train, x_test)
-    atomic_write_json(output / "report.json", report)
+        atomic_write_json(output / "report.json", report)
     return report
 
 
@@ -517,14 +568,16 @@ def _distiller(
 # === Compression ===
 
 
-def compress_student(
-    config, teacher, student, subset, x_train, y_train, x_test, y_test, output, logged=None
-):
+def compress_student(config, teacher, student, subset, train, test, output, state, logged=None):
     """Prunes and/or quantizes the distilled student with the teacher, then exports it.
+
+    Pruning and QAT are stages of `state`: the pruned student is saved as
+    `student_pruned.keras`, the QAT weights as `student_qat.weights.h5`; a rerun reuses them.
 
     Returns `(details, rows)`: what was done (chosen sparsity, curve, parity, I/O parameters,
     artifacts) and the table rows of the compressed Keras student and of the `.tflite` in LiteRT.
     """
+    (x_train, y_train), (x_test, y_test) = train, test
     settings = config.compress
     details: dict = {"artifacts": {}}
     rows = []
@@ -549,10 +602,15 @@ def compress_student(
             frequency=frequency,
             exclude=settings.keep_dense,
         )
-        seconds += _fine_tune(
-            config, teacher, pruned, subset, x_train, y_train, output, "pruned", logged
-        )
-        model = compress.strip(pruned)
+
+        def prune():
+            trained = _fine_tune(
+                config, teacher, pruned, subset, x_train, y_train, output, "pruned", logged
+            )
+            return compress.strip(pruned), trained
+
+        model, trained = reuse_or_train(state, "pruned", output / "student_pruned.keras", prune)
+        seconds += trained["seconds"]
         details["sparsity"] = compress.sparsity_report(model)
         name_parts.append(f"pruned {sparsity:.0%}")
     if settings.qat:
@@ -561,12 +619,22 @@ def compress_student(
             preserve_sparsity=sparsity is not None,
             calibration_data=np.array_split(x_train[:256], 8),
         )
-        seconds += _fine_tune(config, teacher, qat, subset, x_train, y_train, output, "qat", logged)
+        weights = output / "student_qat.weights.h5"
+        trained = state.done("qat")
+        if trained is None:
+            trained = _fine_tune(
+                config, teacher, qat, subset, x_train, y_train, output, "qat", logged
+            )
+            atomic_save_weights(qat, weights)
+            state.finish("qat", file=weights, **trained)
+        else:
+            qat.load_weights(weights)
+        seconds += trained["seconds"]
         model = qat
         name_parts.append("QAT")
     if name_parts:
         name = f"student ({', '.join(name_parts)})"
-        row = _row(name, model, x_test, y_test, seconds, profiled=student)
+        row = _row(name, model, x_test, y_test, {"seconds": seconds}, profiled=student)
         row["sparsity"] = _kernel_sparsity(model)
         row["size_bytes"] = None  # fake-quantized Keras model: its deployable size is the .tflite
         rows.append(row)
@@ -596,8 +664,8 @@ def _choose_sparsity(config, student, x_train, y_train) -> compress.SparsityCurv
 
 def _fine_tune(
     config, teacher, model, subset, x_train, y_train, output, stage: str, logged=None
-) -> float:
-    """Distills into the compressed `model` (pruning step advanced when pruned); seconds."""
+) -> dict:
+    """Distills into the compressed `model` (pruning step advanced when pruned)."""
     settings = config.compress
     distiller, dataset = _distiller(
         config,
@@ -663,9 +731,13 @@ def _export(config, model, x_train, x_test, y_test, output, details) -> dict:
     }
 
 
-def _row(name, model, x, y, seconds, subset=None, profiled=None) -> dict:
-    """A table row; `profiled` is the float model whose cost is reported (default `model`)."""
+def _row(name, model, x, y, trained, subset=None, profiled=None) -> dict:
+    """A table row; `profiled` is the float model whose cost is reported (default `model`).
+
+    `trained` is the stage's `training_record` (or `None` for a given teacher).
+    """
     profile = profile_model(model if profiled is None else profiled)
+    seconds = (trained or {}).get("seconds")
     return {
         "model": name,
         "accuracy": _accuracy(model, x, y, subset),
@@ -690,7 +762,7 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    outcome = parse_and_run(parse_config, run, argv)
+    outcome = parse_and_run(parse_config, prepare, run, argv)
     if outcome is None:
         return 2
     config, report = outcome

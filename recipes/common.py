@@ -10,13 +10,14 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 
 from kd_keras import config as config_lib
+from kd_keras.run_state import RunState
 
 T = TypeVar("T")
 
@@ -36,6 +37,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_name: str) -> None
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
     )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        default=None,
+        help="retrain every stage instead of reusing those finished in --output-dir",
+    )
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str, object]) -> T:
@@ -47,6 +54,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str,
         "track": args.track,
         "tracking_uri": args.tracking_uri,
         "register_as": args.register_as,
+        "restart": args.restart,
         **named,
     }
     overrides = [
@@ -95,32 +103,123 @@ def print_tracking(report: Mapping) -> None:
 
 
 def fit_resumable(
-    model, dataset, epochs: int, checkpoint_dir, callbacks=(), steps_per_epoch: int | None = None
+    model,
+    dataset,
+    epochs: int,
+    checkpoint_dir,
+    callbacks=(),
+    steps_per_epoch: int | None = None,
+    stage: str | None = None,
 ) -> tuple[float, dict]:
     """Fits with a `BackupAndRestore` in `checkpoint_dir`, so an interrupted run resumes there.
 
-    Returns the wall-clock seconds and the history.
+    A NaN or infinite loss stops the run with `TrainingDivergedError` (naming `stage`) before
+    anything is saved. Returns the wall-clock seconds and the history.
     """
     import tf_keras as keras
 
+    from kd_keras.training import StopOnNonFiniteLoss
+
     backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    guard = StopOnNonFiniteLoss(stage or Path(checkpoint_dir).name)
     start = time.perf_counter()
     history = model.fit(
         dataset,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
-        callbacks=[backup, *callbacks],
+        # The backup comes last: once an epoch's checkpoint exists, its metrics are logged.
+        callbacks=[guard, *callbacks, backup],
         verbose=0,
     )
     return time.perf_counter() - start, history.history
 
 
-def parse_and_run(parse_config, run, argv):
-    """`(config, report)`, or `None` after printing why the options, config or data were refused."""
+# Config keys that can change between reruns in one output folder without changing what is
+# trained: where results go, how they are tracked, how often latency is timed.
+RERUN_SAFE_KEYS = (
+    "output_dir",
+    "track",
+    "tracking_uri",
+    "experiment",
+    "register_as",
+    "latency_runs",
+    "compress.latency_runs",
+    "restart",
+)
+
+
+def run_state(config) -> RunState:
+    """The finished stages of `config.output_dir` (refuses a folder made with another config)."""
+    return RunState(
+        config.output_dir,
+        config_lib.to_dict(config),
+        ignore=RERUN_SAFE_KEYS,
+        restart=config.restart,
+    )
+
+
+def reuse_or_train(
+    state: RunState,
+    stage: str,
+    path: Path,
+    train: Callable[[], tuple[object, dict]],
+):
+    """`(model, record)`: `stage`'s saved model if it finished before, else what `train()` made.
+
+    `train()` returns the model and a JSON-able record of its training (`training_record`).
+
+    A trained model is saved atomically to `path` before the stage is recorded as finished, so an
+    interruption at any point either reuses the whole stage or runs it again.
+    """
+    from kd_keras.io import atomic_save_model
+    from kd_keras.models import load_model_file
+
+    record = state.done(stage)
+    if record is not None:
+        return load_model_file(path, option=stage), record
+    model, record = train()
+    atomic_save_model(model, path)
+    state.finish(stage, file=path, **record)
+    return model, record
+
+
+def training_record(seconds: float, history: Mapping[str, list]) -> dict:
+    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss."""
+    losses = history.get("loss") or [None]
+    return {
+        "seconds": round(seconds, 1),
+        "loss": None if losses[-1] is None else round(float(losses[-1]), 6),
+    }
+
+
+def check_batch_size(batch_size: int, examples: int, what: str) -> None:
+    """Refuses a batch larger than the training set (it would give zero training batches)."""
+    if batch_size > examples:
+        raise config_lib.ConfigError(
+            f"Expected batch_size at most the {examples} {what}: a larger batch leaves no "
+            f"complete training batch. Lower batch_size or add data. "
+            f"Received: batch_size={batch_size}."
+        )
+
+
+def parse_and_run(parse_config, prepare, run, argv):
+    """`(config, report)`, or `None` after printing why the run was refused or stopped.
+
+    Options, config and data are checked by `parse_config` and `prepare` before any training;
+    their errors (bad values, bad files, bad data) are printed in one line. Once training has
+    started only a diverged loss is reported that way: any other error is a fault to see in full.
+    """
+    from kd_keras.training import TrainingDivergedError
+
     try:
         config = parse_config(argv)
-        return config, run(config)
+        inputs = prepare(config)
     except (config_lib.ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    try:
+        return config, run(config, inputs)
+    except TrainingDivergedError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
 

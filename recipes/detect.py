@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,7 @@ from detection.centernet.centernet_distiller import (
 )
 from detection.data import (
     CocoDataset,
+    DatasetError,
     detection_dataset,
     ensure_shapes_dataset,
     load_coco_dataset,
@@ -37,21 +39,28 @@ from detection.data import (
 )
 from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
+from detection.visualize import detection_pictures
 from kd_keras import compress, schedules
 from kd_keras import config as config_lib
 from kd_keras.export import tflite_latency, tflite_size, to_tflite
-from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
+from kd_keras.io import atomic_write_bytes, atomic_write_json
+from kd_keras.models import load_model_file
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
+from kd_keras.run_state import RunState
 from recipes.common import (
     add_run_arguments,
+    check_batch_size,
     config_from_args,
     fit_resumable,
     parse_and_run,
     print_artifacts,
     print_tracking,
+    reuse_or_train,
+    run_state,
     run_summary,
     tracking_session,
+    training_record,
 )
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
@@ -109,12 +118,10 @@ class DistillSettings:
             )
 
     def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
-        start, end = self.temperature, self.final_temperature
-        if self.schedule == "constant":
-            return schedules.Constant(start)
-        if self.schedule == "step":
-            return schedules.Step([max(1, total_steps // 2)], [start, end])
-        return schedules.SCHEDULES[self.schedule](start, end, max(1, total_steps))
+        """`temperature` at the first step to `final_temperature` at the last (`from_name`)."""
+        return schedules.from_name(
+            self.schedule, self.temperature, self.final_temperature, total_steps
+        )
 
     def terms(self, total_steps: int, student_layer_name=None, only: str | None = None):
         """The KD terms and weights; `only` trains one component (`heatmap`, `box` or `hint`)."""
@@ -201,6 +208,7 @@ class DetectConfig:
     tracking_uri: str | None = None
     experiment: str = "kd-keras-detection"
     register_as: str | None = "detect-student"
+    restart: bool = False
     teacher_model: ModelSize = ModelSize("resnet", 1.0, 2)
     student_model: ModelSize = ModelSize("resnet", 0.5, 1)
     distill: DistillSettings = DistillSettings()
@@ -273,8 +281,15 @@ def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
     train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
     if config.val_data is not None:
         val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)
+        val = val.aligned_to(train)  # class index i means the same category in both
     else:
         train, val = _split(train, config.val_fraction, config.seed)
+    if val.num_boxes == 0:
+        raise DatasetError(
+            f"The validation split ({len(val)} images) has no boxes, so AP is undefined. Pass "
+            "val_data/val_annotations with labelled images, or raise val_fraction. "
+            f"Received: val_fraction={config.val_fraction}."
+        )
     return train, val, f"{config.data} ({config.annotations})"
 
 
@@ -287,13 +302,7 @@ def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDatase
 
 def load_teacher(path: str, config: DetectConfig, num_classes: int) -> keras.Model:
     """Loads a `.keras` CenterNet teacher in safe mode and checks it fits the data."""
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".keras":
-        raise ValueError(
-            "Expected --teacher to be an existing .keras file saved with tf_keras. "
-            f"Received: teacher={str(path)!r}."
-        )
-    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    teacher = load_model_file(path, option="teacher")
     expected = (config.image_size, config.image_size, 3)
     names = [layer.name for layer in teacher.layers]
     if tuple(teacher.input_shape[1:]) != expected or "heatmap" not in names:
@@ -310,24 +319,43 @@ def load_teacher(path: str, config: DetectConfig, num_classes: int) -> keras.Mod
     return teacher
 
 
+@dataclasses.dataclass
+class Inputs:
+    """What `prepare` checked before training: the data, a given teacher, the run folder."""
+
+    train: CocoDataset
+    val: CocoDataset
+    description: str
+    teacher: keras.Model | None
+    state: RunState
+
+
+def prepare(config: DetectConfig) -> Inputs:
+    """Loads and checks everything the run needs; every input error is raised here."""
+    train, val, description = load_data(config)
+    check_batch_size(config.batch_size, len(train), "training images")
+    teacher = load_teacher(config.teacher, config, train.num_classes) if config.teacher else None
+    return Inputs(train, val, description, teacher, run_state(config))
+
+
 def _optimizer(learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
     decay = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps), alpha=0.05)
     return keras.optimizers.Adam(decay)
 
 
-def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> float:
-    return fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks)[0]
+def _fit(model, dataset, epochs: int, checkpoint_dir: Path, callbacks=()) -> dict:
+    return training_record(*fit_resumable(model, dataset, epochs, checkpoint_dir, callbacks))
 
 
 def train_plain(
     model, train_ds, epochs, learning_rate, steps_per_epoch, checkpoint_dir, callbacks=()
-) -> float:
+) -> dict:
     losses, weights = CenterNetLoss().per_head_losses()
     model.compile(_optimizer(learning_rate, epochs * steps_per_epoch), losses, loss_weights=weights)
     return _fit(model, train_ds, epochs, checkpoint_dir, callbacks)
 
 
-def _record(session, config, report, val_images, description) -> dict:
+def _record(session, config, report, val_images, description, pictures) -> dict:
     """Logs the finished run and registers the int8 student (never raises on store errors)."""
     shipped = report["rows"][-1]
     record = session.finish(
@@ -349,6 +377,8 @@ def _record(session, config, report, val_images, description) -> dict:
             "AP50": shipped["AP50"],
             "latency_ms": shipped["latency_ms"],
         },
+        headline="AP",
+        images=pictures,
     )
     return run_summary(record)
 
@@ -365,7 +395,7 @@ def train_distilled(
     only=None,
     callbacks=(),
     constant_lr=False,
-) -> float:
+) -> dict:
     steps = epochs * steps_per_epoch
     rename = None
     if compress.is_pruned(student) or compress.is_quantize_aware(student):
@@ -384,12 +414,16 @@ def train_distilled(
     return _fit(distiller, train_ds, epochs, checkpoint_dir, callbacks)
 
 
-def run(config: DetectConfig) -> dict:
-    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
+def run(config: DetectConfig, inputs: Inputs | None = None) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`).
+
+    Stages finished by an earlier run in `output_dir` (with the same config) are reused; an
+    interrupted one resumes from its last finished epoch.
+    """
+    inputs = inputs or prepare(config)
+    train, val, description, state = inputs.train, inputs.val, inputs.description, inputs.state
     output = Path(config.output_dir)
     keras.utils.set_random_seed(config.seed)
-    train, val, description = load_data(config)
-    teacher = load_teacher(config.teacher, config, train.num_classes) if config.teacher else None
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
     session = tracking_session(config, "detection")
@@ -412,15 +446,17 @@ def run(config: DetectConfig) -> dict:
     def evaluate(predictor) -> dict:
         return evaluate_detector(predictor, val, size, images=val_images)
 
-    def row(name, model, seconds=None, **extra) -> dict:
+    def row(name, model, trained=None, **extra) -> dict:
         profile = profile_model(model)
+        trained = trained or {}
         return {
             "model": name,
             **evaluate(keras_predictor(model)),
             "params": profile.params,
             "flops": profile.flops,
             "size_bytes": profile.size_bytes,
-            "train_seconds": None if seconds is None else round(seconds, 1),
+            "train_seconds": trained.get("seconds"),
+            "train_loss": trained.get("loss"),
             **extra,
         }
 
@@ -434,50 +470,27 @@ def run(config: DetectConfig) -> dict:
             name=role,
         )
 
-    rows = []
-    teacher_seconds = None
-    if teacher is None:
-        teacher = build("teacher", config.teacher_model)
-        teacher_seconds = train_plain(
-            teacher,
-            train_ds(),
-            config.teacher_epochs,
-            config.learning_rate,
-            steps,
-            checkpoints / "teacher",
-            logged("teacher"),
-        )
-        atomic_save_model(teacher, output / "teacher.keras")
-    teacher_tflite = output / "teacher_float32.tflite"
-    to_tflite(teacher, "float32", path=teacher_tflite)
-    rows.append(
-        row(
-            "teacher",
-            teacher,
-            teacher_seconds,
-            latency_ms=tflite_latency(teacher_tflite, runs=config.latency_runs),
-        )
-    )
+    def plain(role: str, model_size: ModelSize, epochs: int, stage: str):
+        def train_model():
+            model = build(role, model_size)
+            trained = train_plain(
+                model,
+                train_ds(),
+                epochs,
+                config.learning_rate,
+                steps,
+                checkpoints / stage,
+                logged(stage),
+            )
+            return model, trained
 
-    keras.utils.set_random_seed(config.seed + 1)
-    scratch = build("student_scratch", config.student_model)
-    seconds = train_plain(
-        scratch,
-        train_ds(),
-        config.epochs,
-        config.learning_rate,
-        steps,
-        checkpoints / "scratch",
-        logged("scratch"),
-    )
-    atomic_save_model(scratch, output / "student_scratch.keras")
-    rows.append(row("student (scratch)", scratch, seconds))
+        return train_model
 
-    if config.ablation:
-        for only in ("heatmap", "box", "hint"):
+    def distilled(role: str, stage: str, only=None, log=True):
+        def train_model():
             keras.utils.set_random_seed(config.seed + 1)
-            student = build(f"student_{only}", config.student_model)
-            seconds = train_distilled(
+            student = build(role, config.student_model)
+            trained = train_distilled(
                 teacher,
                 student,
                 config.distill,
@@ -485,29 +498,58 @@ def run(config: DetectConfig) -> dict:
                 config.epochs,
                 config.learning_rate,
                 steps,
-                checkpoints / f"student_{only}",
+                checkpoints / stage,
                 only=only,
+                callbacks=logged("distilled") if log else (),
             )
-            rows.append(row(f"student + {only} KD", student, seconds))
+            return student, trained
+
+        return train_model
+
+    rows = []
+    teacher, teacher_trained = inputs.teacher, None
+    if teacher is None:
+        teacher, teacher_trained = reuse_or_train(
+            state,
+            "teacher",
+            output / "teacher.keras",
+            plain("teacher", config.teacher_model, config.teacher_epochs, "teacher"),
+        )
+    teacher_tflite = output / "teacher_float32.tflite"
+    to_tflite(teacher, "float32", path=teacher_tflite)
+    rows.append(
+        row(
+            "teacher",
+            teacher,
+            teacher_trained,
+            latency_ms=tflite_latency(teacher_tflite, runs=config.latency_runs),
+        )
+    )
 
     keras.utils.set_random_seed(config.seed + 1)
-    student = build("student", config.student_model)
-    seconds = train_distilled(
-        teacher,
-        student,
-        config.distill,
-        train_ds(),
-        config.epochs,
-        config.learning_rate,
-        steps,
-        checkpoints / "student",
-        callbacks=logged("distilled"),
+    scratch, trained = reuse_or_train(
+        state,
+        "scratch",
+        output / "student_scratch.keras",
+        plain("student_scratch", config.student_model, config.epochs, "scratch"),
     )
-    atomic_save_model(student, output / "student.keras")
-    rows.append(row("student (distilled)", student, seconds))
+    rows.append(row("student (scratch)", scratch, trained))
 
-    deployed, compress_report = compress_and_export(
-        config, teacher, student, train, train_ds(), steps, output
+    if config.ablation:
+        for only in ("heatmap", "box", "hint"):
+            stage = f"student_{only}"
+            student, trained = reuse_or_train(
+                state, stage, output / f"{stage}.keras", distilled(stage, stage, only, log=False)
+            )
+            rows.append(row(f"student + {only} KD", student, trained))
+
+    student, trained = reuse_or_train(
+        state, "student", output / "student.keras", distilled("student", "student")
+    )
+    rows.append(row("student (distilled)", student, trained))
+
+    compress_report = compress_and_export(
+        config, teacher, student, train, train_ds, steps, output, state
     )
     int8_path = output / "student_int8.tflite"
     int8_row = {
@@ -530,6 +572,7 @@ def run(config: DetectConfig) -> dict:
         "skipped_annotations": len(train.issues) + len(val.issues),
         "rows": rows,
         "compression": compress_report,
+        "reused_stages": state.reused,
         "artifacts": {
             "teacher": str(output / "teacher.keras") if config.teacher is None else config.teacher,
             "teacher_tflite": str(teacher_tflite),
@@ -538,47 +581,75 @@ def run(config: DetectConfig) -> dict:
             "student_int8": str(int8_path),
         },
     }
-    if session is not None:
-        report["mlflow"] = _record(session, config, report, val_images, description)
+    # The report is on disk before tracking runs: a store failure cannot cost it.
     atomic_write_json(output / "report.json", report)
+    if session is not None:
+        predictors = {
+            "teacher": keras_predictor(teacher),
+            "student": keras_predictor(student),
+            "int8": LiteRTDetector(int8_path),
+        }
+        try:
+            pictures = detection_pictures(output / "pictures", predictors, val, val_images, size)
+        except Exception as error:  # noqa: BLE001 - a picture never costs the run
+            warnings.warn(f"Validation pictures not drawn: {error}", stacklevel=2)
+            pictures = {}
+        report["mlflow"] = _record(session, config, report, val_images, description, pictures)
+        atomic_write_json(output / "report.json", report)
     return report
 
 
-def compress_and_export(config, teacher, student, train, train_ds, steps, output):
-    """Prune and QAT the distilled student while distilling, then export full-int8 TFLite."""
+def compress_and_export(config, teacher, student, train, train_ds, steps, output, state) -> dict:
+    """Prune and QAT the distilled student while distilling, then export full-int8 TFLite.
+
+    Each step is a stage of `state`: the pruned student is saved as `student_pruned.keras`, and
+    the QAT fine-tune ends in `student_int8.tflite`; a rerun reuses what finished.
+    """
     settings = config.compress
-    start = time.perf_counter()
     size = (config.image_size, config.image_size)
     model = student
-    report = {"prune_sparsity": 0.0, "qat": False}
+    report = {"prune_sparsity": 0.0, "qat": False, "seconds": 0.0}
     if settings.prune_sparsity > 0 and settings.prune_epochs > 0:
-        # Mask updates every few steps, at least twice an epoch on small datasets.
-        frequency = max(1, min(10, steps // 2))
-        pruned = compress.prune(student, settings.prune_sparsity, frequency=frequency)
-        train_distilled(
-            teacher,
-            pruned,
-            config.distill,
-            train_ds,
-            settings.prune_epochs,
-            settings.learning_rate,
-            steps,
-            output / "checkpoints" / "student_pruned",
-            callbacks=[compress.UpdatePruningStep()],
-            constant_lr=True,
-        )
-        model = compress.strip(pruned)
+
+        def prune():
+            # Mask updates every few steps, at least twice an epoch on small datasets.
+            frequency = max(1, min(10, steps // 2))
+            pruned = compress.prune(student, settings.prune_sparsity, frequency=frequency)
+            trained = train_distilled(
+                teacher,
+                pruned,
+                config.distill,
+                train_ds(),
+                settings.prune_epochs,
+                settings.learning_rate,
+                steps,
+                output / "checkpoints" / "student_pruned",
+                callbacks=[compress.UpdatePruningStep()],
+                constant_lr=True,
+            )
+            return compress.strip(pruned), trained
+
+        model, trained = reuse_or_train(state, "pruned", output / "student_pruned.keras", prune)
         report["prune_sparsity"] = round(compress.sparsity_report(model)["total"], 4)
+        report["seconds"] += trained["seconds"]
+    int8_path = output / "student_int8.tflite"
+    done = state.done("int8")
+    if done is not None:
+        report["qat"] = settings.qat_epochs > 0
+        report["seconds"] = round(report["seconds"] + done["seconds"], 1)
+        report["qat_loss"] = done.get("loss")
+        return report
+    start = time.perf_counter()
     # Activation ranges from training images (not the validation set), for QAT or post-training.
     calibration = load_images(train.subset(settings.calibration_images), size) / 255.0
     if settings.qat_epochs > 0:
         batches = tf.data.Dataset.from_tensor_slices(calibration).batch(config.batch_size)
         model = compress.quantize_aware(model, calibration_data=batches)
-        train_distilled(
+        qat_loss = train_distilled(
             teacher,
             model,
             config.distill,
-            train_ds,
+            train_ds(),
             settings.qat_epochs,
             settings.learning_rate,
             steps,
@@ -586,11 +657,14 @@ def compress_and_export(config, teacher, student, train, train_ds, steps, output
             constant_lr=True,
         )
         report["qat"] = True
+        report["qat_loss"] = qat_loss["loss"]
     if compress.is_quantize_aware(model):
         calibration = None  # QAT learned the ranges
-    to_tflite(model, "int8", representative_data=calibration, path=output / "student_int8.tflite")
-    report["seconds"] = round(time.perf_counter() - start, 1)
-    return model, report
+    to_tflite(model, "int8", representative_data=calibration, path=int8_path)
+    seconds = round(time.perf_counter() - start, 1)
+    state.finish("int8", file=int8_path, seconds=seconds, loss=report.get("qat_loss"))
+    report["seconds"] = round(report["seconds"] + seconds, 1)
+    return report
 
 
 COLUMNS = [
@@ -608,7 +682,7 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> int:
     # A bad dataset raises AnnotationError, a ValueError: reported like a bad option.
-    outcome = parse_and_run(parse_config, run, argv)
+    outcome = parse_and_run(parse_config, prepare, run, argv)
     if outcome is None:
         return 2
     config, report = outcome

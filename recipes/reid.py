@@ -24,9 +24,16 @@ from kd_keras import compress
 from kd_keras import config as config_lib
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_latency, tflite_predict, to_tflite
-from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
+from kd_keras.io import (
+    atomic_save_model,
+    atomic_save_weights,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from kd_keras.models import load_model_file
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
+from kd_keras.run_state import RunState
 from kd_keras.terms import LogitsDistillation
 from recipes.common import (
     add_run_arguments,
@@ -35,8 +42,11 @@ from recipes.common import (
     parse_and_run,
     print_artifacts,
     print_tracking,
+    reuse_or_train,
+    run_state,
     run_summary,
     tracking_session,
+    training_record,
 )
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
@@ -133,6 +143,7 @@ class ReIDConfig:
     tracking_uri: str | None = None
     experiment: str = "kd-keras-reid"
     register_as: str | None = "reid-student"
+    restart: bool = False
     teacher_model: ModelSpec = ModelSpec("resnet", 0.5, 64)
     student_model: ModelSpec = ModelSpec("mobile", 0.5, 32)
     distill: DistillSettings = DistillSettings()
@@ -195,13 +206,7 @@ def load_data(config: ReIDConfig) -> tuple[Market1501, str]:
 
 def load_teacher(path: str, data: Market1501, identities: int) -> keras.Model:
     """Loads a `.keras` ReID training model in safe mode and checks it fits the data."""
-    path = Path(path)
-    if not path.is_file() or path.suffix != ".keras":
-        raise ValueError(
-            "Expected --teacher to be an existing .keras file saved with tf_keras. "
-            f"Received: teacher={str(path)!r}."
-        )
-    teacher = keras.models.load_model(path, compile=False, safe_mode=True)
+    teacher = load_model_file(path, option="teacher")
     if len(teacher.outputs) != 2 or tuple(teacher.input_shape[1:]) != data.input_shape:
         raise ValueError(
             "Expected a two-output ReID model from reid.models.build_reid_model taking "
@@ -264,15 +269,20 @@ def _terms(config: ReIDConfig, temperature, teacher, student) -> tuple[list, lis
     return terms, weights
 
 
-def _distill(
-    config, teacher, student, temperature, dataset, steps, epochs, checkpoint, lr, callbacks=()
-):
+def _distiller(config, teacher, student, temperature, steps, epochs, lr) -> Distiller:
     terms, weights = _terms(config, temperature, teacher, student)
     distiller = Distiller(teacher, student, terms, weights, config.distill.student_weight)
     distiller.compile(
         _optimizer(lr, epochs * steps),
         loss=ReIDLoss(config.label_smoothing, config.margin),
     )
+    return distiller
+
+
+def _distill(
+    config, teacher, student, temperature, dataset, steps, epochs, checkpoint, lr, callbacks=()
+):
+    distiller = _distiller(config, teacher, student, temperature, steps, epochs, lr)
     seconds, history = _fit(distiller, dataset, epochs, steps, checkpoint, callbacks)
     return seconds, history, distiller
 
@@ -298,18 +308,40 @@ def _float_tflite(model, config) -> tuple[float, int]:
     return round(tflite_latency(flatbuffer, runs=config.latency_runs), 4), len(flatbuffer)
 
 
-def run(config: ReIDConfig) -> dict:
-    """Runs the recipe; returns the report (also written to `output_dir/report.json`)."""
-    output = Path(config.output_dir)
+@dataclasses.dataclass
+class Inputs:
+    """What `prepare` checked before training: the data, a given teacher, the run folder."""
+
+    data: Market1501
+    source: str
+    teacher: keras.Model | None
+    state: RunState
+
+
+def prepare(config: ReIDConfig) -> Inputs:
+    """Loads and checks everything the run needs; every input error is raised here."""
     data, source = load_data(config)
-    labels, person_ids = data.train.labels()
-    identities = len(person_ids)
+    identities = len(data.train.labels()[1])
     if identities < config.p:
         raise ValueError(
             f"p={config.p} identities per batch, but the training split has only {identities}. "
             f"Lower p. Received: p={config.p}."
         )
     teacher = load_teacher(config.teacher, data, identities) if config.teacher else None
+    return Inputs(data, source, teacher, run_state(config))
+
+
+def run(config: ReIDConfig, inputs: Inputs | None = None) -> dict:
+    """Runs the recipe; returns the report (also written to `output_dir/report.json`).
+
+    Stages finished by an earlier run in `output_dir` (with the same config) are reused; an
+    interrupted one resumes from its last finished epoch.
+    """
+    inputs = inputs or prepare(config)
+    data, source, teacher, state = inputs.data, inputs.source, inputs.teacher, inputs.state
+    output = Path(config.output_dir)
+    labels, person_ids = data.train.labels()
+    identities = len(person_ids)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output / "config.yaml", yaml.safe_dump(config_lib.to_dict(config)).encode())
     session = tracking_session(config, "reid")
@@ -335,19 +367,24 @@ def run(config: ReIDConfig) -> dict:
     rows, temperatures, runs = [], {}, []
     teacher_seconds = None
     if teacher is None:
-        keras.utils.set_random_seed(config.seeds[0])
-        teacher = new_model(config.teacher_model, "teacher")
-        steps, epochs = config.teacher_steps_per_epoch, config.teacher_epochs
-        teacher_seconds, _ = _train_plain(
-            teacher,
-            dataset(steps * epochs, config.seeds[0]),
-            epochs,
-            steps,
-            config,
-            output / "checkpoints/teacher",
-            logged("teacher"),
-        )
-        atomic_save_model(teacher, output / "teacher.keras")
+
+        def train_teacher():
+            keras.utils.set_random_seed(config.seeds[0])
+            model = new_model(config.teacher_model, "teacher")
+            steps, epochs = config.teacher_steps_per_epoch, config.teacher_epochs
+            trained = _train_plain(
+                model,
+                dataset(steps * epochs, config.seeds[0]),
+                epochs,
+                steps,
+                config,
+                output / "checkpoints/teacher",
+                logged("teacher"),
+            )
+            return model, training_record(*trained)
+
+        teacher, trained = reuse_or_train(state, "teacher", output / "teacher.keras", train_teacher)
+        teacher_seconds = trained["seconds"]
     rows.append(
         _keras_row("teacher", teacher, data, teacher_seconds, *_float_tflite(teacher, config))
     )
@@ -369,22 +406,25 @@ def run(config: ReIDConfig) -> dict:
     distilled = distilled_with = None
     for seed in config.seeds:
         for label, temperature in variants:
-            keras.utils.set_random_seed(seed + 1)
-            student = new_model(config.student_model, "student")
             tag = label.split(",")[0].replace(" ", "_")
-            checkpoint = output / "checkpoints" / f"{tag}_{seed}"
-            if temperature is None:
-                seconds, history = _train_plain(
-                    student,
-                    dataset(total, seed + 1),
-                    epochs,
-                    steps,
-                    config,
-                    checkpoint,
-                    logged(f"{tag}_{seed}"),
-                )
-            else:
-                seconds, history, distiller = _distill(
+            stage = f"{tag}_{seed}"
+
+            def train_student(seed=seed, temperature=temperature, stage=stage):
+                keras.utils.set_random_seed(seed + 1)
+                student = new_model(config.student_model, "student")
+                checkpoint = output / "checkpoints" / stage
+                if temperature is None:
+                    seconds, history = _train_plain(
+                        student,
+                        dataset(total, seed + 1),
+                        epochs,
+                        steps,
+                        config,
+                        checkpoint,
+                        logged(stage),
+                    )
+                    return student, training_record(seconds, history)
+                seconds, history, _ = _distill(
                     config,
                     teacher,
                     student,
@@ -394,14 +434,24 @@ def run(config: ReIDConfig) -> dict:
                     epochs,
                     checkpoint,
                     config.learning_rate,
-                    logged(f"{tag}_{seed}"),
+                    logged(stage),
                 )
-                temperatures[label] = [round(float(t), 4) for t in history["logits_kd_temperature"]]
-            row = _keras_row(f"student ({label})", student, data, seconds, None, None)
+                used = [round(float(t), 4) for t in history["logits_kd_temperature"]]
+                return student, {**training_record(seconds, history), "temperatures": used}
+
+            student, trained = reuse_or_train(
+                state, stage, output / "students" / f"{stage}.keras", train_student
+            )
+            if temperature is not None:
+                temperatures[label] = trained["temperatures"]
+            row = _keras_row(f"student ({label})", student, data, trained["seconds"], None, None)
             runs.append({"seed": seed, **row})
             if seed == config.seeds[0]:
                 if label.startswith("KD dynamic"):
-                    distilled, distilled_with = student, distiller
+                    distilled = student
+                    distilled_with = _distiller(
+                        config, teacher, student, temperature, steps, epochs, config.learning_rate
+                    )
                 latency, size = _float_tflite(student, config)
                 rows.append({**row, "latency_ms": latency, "size_bytes": size})
     if len(config.seeds) > 1:
@@ -423,7 +473,7 @@ def run(config: ReIDConfig) -> dict:
     shipped, parity = ptq_path, None
     if config.compress.enabled:
         compressed, seconds, sparsity = _compress(
-            config, teacher, folded, dataset, data.train.images, output
+            config, teacher, folded, dataset, data.train.images, output, state
         )
         encoder = embedding_model(compressed, name="student_embedding")
         int8_path = output / "student_int8.tflite"
@@ -450,10 +500,12 @@ def run(config: ReIDConfig) -> dict:
         "int8_parity": parity,
         "artifacts": artifacts,
     }
+    # The report is on disk before tracking runs: a store failure cannot cost it.
+    atomic_write_json(output / "report.json", report)
     if session is not None:
         described = {"distiller": _describe(distilled_with)}
         report["mlflow"] = _record(session, config, report, artifacts, shipped, data, described)
-    atomic_write_json(output / "report.json", report)
+        atomic_write_json(output / "report.json", report)
     return report
 
 
@@ -489,53 +541,70 @@ def _record(session, config, report, artifacts, shipped, data, params) -> dict:
             ),
         },
         params=params,
+        headline="mAP",
     )
     return run_summary(record)
 
 
-def _compress(config, teacher, folded, dataset, images, output):
-    """Prune (polynomial ramp) and QAT-fine-tune the folded student with the teacher."""
+def _compress(config, teacher, folded, dataset, images, output, state):
+    """Prune (polynomial ramp) and QAT-fine-tune the folded student with the teacher.
+
+    Both are stages of `state`: the pruned student is saved as `student_pruned.keras`, the QAT
+    weights as `student_qat.weights.h5`; a rerun reuses them.
+    """
     settings = config.compress
     temperature = 1.0
     seed = config.seeds[0] + 100
     model, seconds = folded, 0.0
     sparsity = 0.0
     if settings.prune_steps > 0 and settings.sparsity > 0:
-        pruned = compress.prune(
-            folded,
-            settings.sparsity,
-            "polynomial",
-            end_step=max(1, settings.prune_steps * 2 // 3),
-            frequency=max(1, settings.prune_steps // 10),
-        )
-        spent, _, _ = _distill(
-            config,
-            teacher,
-            pruned,
-            temperature,
-            dataset(settings.prune_steps, seed),
-            settings.prune_steps,
-            1,
-            output / "checkpoints/prune",
-            settings.learning_rate,
-            callbacks=[compress.UpdatePruningStep()],
-        )
-        model = compress.strip(pruned)
-        seconds += spent
+
+        def prune():
+            pruned = compress.prune(
+                folded,
+                settings.sparsity,
+                "polynomial",
+                end_step=max(1, settings.prune_steps * 2 // 3),
+                frequency=max(1, settings.prune_steps // 10),
+            )
+            spent, history, _ = _distill(
+                config,
+                teacher,
+                pruned,
+                temperature,
+                dataset(settings.prune_steps, seed),
+                settings.prune_steps,
+                1,
+                output / "checkpoints/prune",
+                settings.learning_rate,
+                callbacks=[compress.UpdatePruningStep()],
+            )
+            return compress.strip(pruned), training_record(spent, history)
+
+        model, trained = reuse_or_train(state, "pruned", output / "student_pruned.keras", prune)
+        seconds += trained["seconds"]
         sparsity = compress.sparsity_report(model)["total"]
     qat = compress.quantize_aware(model, calibration_data=np.array_split(images[:256], 8))
-    spent, _, _ = _distill(
-        config,
-        teacher,
-        qat,
-        temperature,
-        dataset(settings.qat_steps, seed + 1),
-        settings.qat_steps,
-        1,
-        output / "checkpoints/qat",
-        settings.learning_rate,
-    )
-    return qat, round(seconds + spent, 2), sparsity
+    weights = output / "student_qat.weights.h5"
+    trained = state.done("qat")
+    if trained is None:
+        spent, history, _ = _distill(
+            config,
+            teacher,
+            qat,
+            temperature,
+            dataset(settings.qat_steps, seed + 1),
+            settings.qat_steps,
+            1,
+            output / "checkpoints/qat",
+            settings.learning_rate,
+        )
+        trained = training_record(spent, history)
+        atomic_save_weights(qat, weights)
+        state.finish("qat", file=weights, **trained)
+    else:
+        qat.load_weights(weights)
+    return qat, round(seconds + trained["seconds"], 2), sparsity
 
 
 def _tflite_row(name, flatbuffer, reference, data, config, seconds) -> dict:
@@ -596,7 +665,7 @@ COLUMNS = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    outcome = parse_and_run(parse_config, run, argv)
+    outcome = parse_and_run(parse_config, prepare, run, argv)
     if outcome is None:
         return 2
     config, report = outcome

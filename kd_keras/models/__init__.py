@@ -2,5 +2,13 @@
 
 from kd_keras.models.cnn import build_cnn_classifier, build_student, build_teacher
 from kd_keras.models.inspect import final_activation
+from kd_keras.models.loading import ModelFileError, load_model_file
 
-__all__ = ["build_cnn_classifier", "build_student", "build_teacher", "final_activation"]
+__all__ = [
+    "ModelFileError",
+    "build_cnn_classifier",
+    "build_student",
+    "build_teacher",
+    "final_activation",
+    "load_model_file",
+]

@@ -86,7 +86,7 @@ def test_shipped_config_equals_defaults():
 )
 def test_bad_options_fail_before_training(args, message, tmp_path, capsys):
     base = ["--set", "builtin_train=2", "--set", "builtin_val=1", "--set", "image_size=32"]
-    base += ["--set", f"builtin_dir={tmp_path / 'shapes'}"]
+    base += ["--set", f"builtin_dir={tmp_path / 'shapes'}", "--set", "batch_size=2"]
     assert detect.main([*base, *args, "--output-dir", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "checkpoints").exists()
