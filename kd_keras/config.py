@@ -1,26 +1,49 @@
-"""Typed configuration: YAML (safe loader) and `key=value` overrides into frozen dataclasses.
+"""Typed configuration: YAML (safe loader) and `key=value` overrides into pydantic models.
 
-Unknown keys, wrong types and values outside a `Literal` are refused with a message that names the
-key and what is allowed, before any training starts.
+Config classes subclass `ConfigModel` (pydantic v2, frozen, unknown keys forbidden, numbers
+finite). Unknown keys, wrong types, values outside a `Literal` or a bound are refused with a
+message that names the dotted key and what is allowed, before any training starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import types
-import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin
 
+import pydantic
 import yaml
 
-T = TypeVar("T")
+T = TypeVar("T", bound="ConfigModel")
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
+
+
+class ConfigModel(pydantic.BaseModel):
+    """Base of every config section: frozen, no unknown keys, no NaN or infinite numbers.
+
+    A comma-separated string is accepted where a tuple is expected (`--set classes=0,3,7`).
+    """
+
+    model_config = pydantic.ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True
+    )
+
+    @pydantic.field_validator("*", mode="before")
+    @classmethod
+    def _split_comma_lists(cls, value, info: pydantic.ValidationInfo):
+        field = cls.model_fields.get(info.field_name)
+        if isinstance(value, str) and field is not None and _accepts_tuple(field.annotation):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+def _accepts_tuple(annotation) -> bool:
+    if get_origin(annotation) is tuple:
+        return True
+    return any(_accepts_tuple(a) for a in get_args(annotation) if get_origin(annotation))
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -63,44 +86,41 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else (child or {})
+            if not isinstance(child, dict):
                 raise ConfigError(f"{part!r} is not a section. Received: {override!r}.")
+            node = child
         node[parts[-1]] = value
     return data
 
 
-def from_dict(cls: type[T], data: dict | None, prefix: str = "") -> T:
-    """Builds dataclass `cls` from `data`, checking keys, types and allowed values."""
+def from_dict(cls: type[T], data: dict | None) -> T:
+    """Validates `data` into config model `cls`; every problem becomes one `ConfigError`."""
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"Expected a mapping for {prefix.rstrip('.') or 'the config'}. Received: {data!r}."
-        )
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        allowed = ", ".join(sorted(fields))
-        raise ConfigError(
-            f"Unknown config key '{prefix}{unknown[0]}'. Allowed keys"
-            f"{' under ' + prefix.rstrip('.') if prefix else ''}: {allowed}. "
-            f"Received: {prefix}{unknown[0]}={data[unknown[0]]!r}."
-        )
-    hints = get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        values[name] = _coerce(hints[name], value, f"{prefix}{name}")
+        raise ConfigError(f"Expected a mapping of config keys. Received: {data!r}.")
     try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        if isinstance(error, ConfigError):
-            raise
-        raise ConfigError(str(error)) from None
+        # Merged over the defaults, so `teacher_model.width=2` keeps the recipe's other
+        # teacher_model values instead of falling back to the section class's own defaults.
+        return cls.model_validate(_merged(cls().model_dump(), data))
+    except pydantic.ValidationError as error:
+        raise ConfigError(_describe(cls, error.errors()[0])) from None
 
 
-def to_dict(config) -> dict:
-    """The plain-dict form of a config dataclass (tuples as lists), for YAML/JSON/MLflow."""
-    return _plain(dataclasses.asdict(config))
+def _merged(defaults: dict, data: dict) -> dict:
+    merged = dict(defaults)
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = _merged(defaults[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def to_dict(config: ConfigModel) -> dict:
+    """The plain-dict form of a config (tuples as lists), for YAML/JSON/MLflow."""
+    return config.model_dump(mode="json")
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -114,74 +134,83 @@ def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _coerce(annotation, value, key: str):
-    origin = get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        allowed = get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(
-                f"Invalid value for {key}. Allowed values: {', '.join(map(repr, allowed))}. "
-                f"Received: {key}={value!r}."
-            )
-        return value
-    if origin is tuple:
-        item_type = get_args(annotation)[0]
-        if isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"Expected a list for {key}. Received: {key}={value!r}.")
-        return tuple(_coerce(item_type, item, key) for item in value)
-    if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, prefix=f"{key}.")
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"Expected true or false for {key}. Received: {key}={value!r}.")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
-            raise ConfigError(f"Expected an integer for {key}. Received: {key}={value!r}.")
-        return value
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"Expected a number for {key}. Received: {key}={value!r}.")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Expected a number for {key}. Received: {key}={value!r}.") from None
-        if not math.isfinite(number):
-            raise ConfigError(f"Expected a finite number for {key}. Received: {key}={value!r}.")
-        return number
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"Expected a string for {key}. Received: {key}={value!r}.")
-        return value
-    raise ConfigError(f"Unsupported config type {annotation!r} for {key}.")
-
-
 def check(condition: bool, key: str, expected: str, value) -> None:
-    """Raises `ConfigError` naming `key` when `condition` is false (for `__post_init__` checks)."""
+    """Raises `ConfigError` naming `key` when `condition` is false (for model validators)."""
     if not condition:
         raise ConfigError(f"Expected {key} {expected}. Received: {key}={value!r}.")
+
+
+# === Error messages ===
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "tuple": "a list",
+    "dict": "a mapping",
+    "model": "a mapping",
+}
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
+
+
+def _describe(cls: type[ConfigModel], error: dict) -> str:
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    key = ".".join(loc) or "the config"
+    kind, value, context = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        section = _section(cls, loc[:-1])
+        allowed = ", ".join(sorted(section.model_fields)) if section else "?"
+        under = f" under {'.'.join(loc[:-1])}" if len(loc) > 1 else ""
+        return (
+            f"Unknown config key '{key}'. Allowed keys{under}: {allowed}. "
+            f"Received: {key}={value!r}."
+        )
+    if kind == "value_error" and "error" in context:
+        return str(context["error"])
+    if kind in ("literal_error", "enum"):
+        allowed = str(context.get("expected", "")).replace(" or ", ", ")
+        return f"Invalid value for {key}. Allowed values: {allowed}. Received: {key}={value!r}."
+    if kind in _BOUNDS:
+        bound = next(iter(context.values()))
+        shown = f"{bound:g}" if isinstance(bound, int | float) else bound
+        return f"Expected {key} {_BOUNDS[kind]} {shown}. Received: {key}={value!r}."
+    if kind == "finite_number":
+        return f"Expected a finite number for {key}. Received: {key}={value!r}."
+    for name, expected in _EXPECTED.items():
+        if kind.startswith(name):
+            return f"Expected {expected} for {key}. Received: {key}={value!r}."
+    return f"Invalid value for {key}: {error['msg']}. Received: {key}={value!r}."
+
+
+def _section(cls: type[ConfigModel], path: list[str]) -> type[ConfigModel] | None:
+    section = cls
+    for part in path:
+        field = section.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        section = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, ConfigModel)), None
+        )
+        if section is None:
+            return None
+    return section
+
+
+__all__ = [
+    "ConfigError",
+    "ConfigModel",
+    "apply_overrides",
+    "check",
+    "flatten",
+    "from_dict",
+    "load_yaml",
+    "to_dict",
+]

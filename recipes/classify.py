@@ -22,15 +22,20 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pydantic
 import tf_keras as keras
 import yaml
+from pydantic import Field
 
-from kd_keras import compress, export, offline, schedules
+from kd_keras import compress, export, offline
 from kd_keras import config as config_lib
 from kd_keras import data as data_lib
+from kd_keras import settings as shared
+from kd_keras.config import ConfigModel
 from kd_keras.distiller import Distiller
 from kd_keras.io import atomic_save_weights, atomic_write_bytes, atomic_write_json
 from kd_keras.models import build_cnn_classifier, load_model_file
+from kd_keras.pipeline import fit_resumable, reuse_or_train, run_state, training_record
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.run_state import RunState
@@ -39,171 +44,133 @@ from kd_keras.terms import FeatureDistillation, LogitsDistillation
 from recipes.common import (
     add_run_arguments,
     config_from_args,
-    fit_resumable,
     parse_and_run,
     print_artifacts,
     print_tracking,
-    reuse_or_train,
-    run_state,
     run_summary,
     tracking_session,
-    training_record,
 )
 
-ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 ExportMode = Literal["float32", "float16", "dynamic", "int8"]
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSize:
-    width: float = 1.0
-    depth: int = 1
-    dropout: float = 0.0
+class ModelSettings(shared.ModelSettings):
+    """The CNN classifier's size; `dropout` before its classifier."""
 
-    def __post_init__(self):
-        config_lib.check(self.width > 0, "width", "> 0", self.width)
-        config_lib.check(self.depth >= 1, "depth", ">= 1", self.depth)
-        config_lib.check(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class DistillSettings:
+class DistillSettings(shared.DistillSettings):
     """How the student learns from the teacher.
 
     `temperature` is the starting temperature; with a `schedule` other than constant it moves to
-    `final_temperature` over the whole training. `alpha` weighs the soft term:
-    `(1 − alpha)·CE + alpha·T²·KD`. `hint_weight > 0` adds a FitNet hint on the `features` layer.
+    `final_temperature` over the whole training. The loss is
+    `student_loss_weight·CE + logits_weight·T²·KD` (Hinton et al. use 0.1 and 0.9).
+    `hint_weight > 0` adds a FitNet hint on the `features` layer.
     """
 
-    temperature: float = 4.0
-    schedule: ScheduleName = "constant"
-    final_temperature: float = 1.0
-    alpha: float = 0.9
+    student_loss_weight: float = Field(0.1, ge=0)
+    logits_weight: float = Field(0.9, ge=0)
     loss: Literal["kl", "soft_ce"] = "kl"
-    hint_weight: float = 0.0
+    hint_weight: float = Field(0.0, ge=0)
     hint_loss: Literal["l2", "cross_entropy"] = "l2"
 
-    def __post_init__(self):
-        config_lib.check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
-        config_lib.check(
-            self.final_temperature > 0, "distill.final_temperature", "> 0", self.final_temperature
-        )
-        config_lib.check(0 <= self.alpha <= 1, "distill.alpha", "in [0, 1]", self.alpha)
-        config_lib.check(self.hint_weight >= 0, "distill.hint_weight", ">= 0", self.hint_weight)
 
-    def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
-        """`temperature` at the first step to `final_temperature` at the last (`from_name`)."""
-        return schedules.from_name(
-            self.schedule, self.temperature, self.final_temperature, total_steps
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressSettings:
+class CompressSettings(shared.CompressSettings):
     """How the distilled student becomes the file that ships.
 
-    `prune` is the final sparsity of every Conv/Dense kernel (null or 0 = no pruning; `auto` =
-    the knee of the accuracy-vs-sparsity curve over `candidates`, after adaptive BN, or the
-    highest candidate within `max_drop` of the unpruned accuracy). Pruning ramps up along a
-    polynomial schedule during `finetune_epochs` epochs of distillation from the teacher; `qat`
-    then runs as many epochs of quantization-aware distillation (sparsity-preserving after
-    pruning). `keep_dense` names layers left unpruned: by default the first conv, whose few
-    weights (3·3·channels per filter) carry most of the accuracy lost when pruning it. `export`
-    writes `student_<mode>.tflite`, measured in LiteRT.
+    `sparsity` is the final sparsity of every Conv/Dense kernel (0 = no pruning; `auto` = the
+    knee of the accuracy-vs-sparsity curve over `candidates`, after adaptive BN, or the highest
+    candidate within `max_drop` of the unpruned accuracy). Pruning ramps up along a polynomial
+    schedule during `prune_epochs` epochs of distillation from the teacher; `qat_epochs` of
+    quantization-aware distillation follow (sparsity-preserving after pruning; 0 = none).
+    `keep_dense` names layers left unpruned: by default the first conv, whose few weights
+    (3·3·channels per filter) carry most of the accuracy lost when pruning it. `export` writes
+    `student_<mode>.tflite`, measured in LiteRT.
     """
 
-    prune: float | Literal["auto"] | None = 0.5
-    qat: bool = True
+    sparsity: float | Literal["auto"] = 0.5
+    prune_epochs: int = Field(8, ge=1)
+    qat_epochs: int = Field(8, ge=0)
+    learning_rate: float = Field(0.001, gt=0)
+    calibration_images: int = Field(256, ge=1)
     export: ExportMode | None = "int8"
-    finetune_epochs: int = 8
-    learning_rate: float = 0.001
     keep_dense: tuple[str, ...] = ("stage1_block1_conv",)
     candidates: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    max_drop: float | None = None
+    max_drop: float | None = Field(None, ge=0)
     int8_io: bool = False
-    latency_runs: int = 200
 
-    def __post_init__(self):
-        if self.prune not in (None, "auto"):
-            config_lib.check(0 <= self.prune < 1, "compress.prune", "in [0, 1) or auto", self.prune)
-        config_lib.check(
-            self.finetune_epochs >= 1, "compress.finetune_epochs", ">= 1", self.finetune_epochs
-        )
-        config_lib.check(
-            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
-        )
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.sparsity != "auto":
+            config_lib.check(
+                0 <= self.sparsity < 1, "compress.sparsity", "in [0, 1) or auto", self.sparsity
+            )
         config_lib.check(
             len(self.candidates) >= 2 and all(0 < c < 1 for c in self.candidates),
             "compress.candidates",
             "to hold at least two sparsities in (0, 1)",
             self.candidates,
         )
-        config_lib.check(
-            self.max_drop is None or self.max_drop >= 0, "compress.max_drop", ">= 0", self.max_drop
-        )
-        config_lib.check(self.latency_runs >= 1, "compress.latency_runs", ">= 1", self.latency_runs)
-        if self.qat and self.export not in ("int8", None):
+        if self.qat_epochs > 0 and self.export not in ("int8", None):
             raise config_lib.ConfigError(
-                "compress.qat=true trains the student for int8 inference, so it exports as int8. "
-                "Use export=int8, or qat=false for a float16/dynamic/float32 file. "
-                f"Received: qat=True, export={self.export!r}."
+                "compress.qat_epochs > 0 trains the student for int8 inference, so it exports as "
+                "int8. Use export=int8, or qat_epochs=0 for a float16/dynamic/float32 file. "
+                f"Received: qat_epochs={self.qat_epochs}, export={self.export!r}."
             )
         if self.int8_io and self.export != "int8":
             raise config_lib.ConfigError(
                 "compress.int8_io=true needs export=int8. "
                 f"Received: int8_io=True, export={self.export!r}."
             )
+        return self
 
     @property
-    def sparsity(self) -> float | Literal["auto"] | None:
+    def prune_to(self) -> float | Literal["auto"] | None:
         """The sparsity to prune to, `"auto"`, or None when pruning is off."""
-        return None if self.prune in (None, 0, 0.0) else self.prune
+        return None if self.sparsity == 0 else self.sparsity
+
+    @property
+    def qat(self) -> bool:
+        return self.qat_epochs > 0
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassifyConfig:
+class ClassifyConfig(ConfigModel):
     """Everything `recipes.classify` does; defaults reproduce the built-in digits run."""
 
     data: str | None = None
-    image_size: int = 32
-    channels: int = 3
+    image_size: int = Field(32, ge=8)
+    channels: Literal[1, 3] = 3
     teacher: str | None = None
     classes: tuple[int, ...] | None = None
     offline: bool = False
     augment: bool = False
-    epochs: int = 30
-    teacher_epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 0.002
-    test_fraction: float = 0.25
+    epochs: int = Field(30, ge=1)
+    teacher_epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.002, gt=0)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
     seed: int = 0
+    latency_runs: int = Field(200, ge=1)
     output_dir: str = "runs/classify"
-    track: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "kd-keras-classification"
-    register_as: str | None = "classify-student"
     restart: bool = False
-    teacher_model: ModelSize = ModelSize(width=2.0, depth=1, dropout=0.3)
-    student_model: ModelSize = ModelSize(width=0.25, depth=1)
+    tracking: shared.TrackingSettings = shared.TrackingSettings(
+        experiment="kd-keras-classification", register_as="classify-student"
+    )
+    teacher_model: ModelSettings = ModelSettings(width=2.0, depth=1, dropout=0.3)
+    student_model: ModelSettings = ModelSettings(width=0.25, depth=1)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
 
-    def __post_init__(self):
-        config_lib.check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
-        config_lib.check(self.teacher_epochs >= 1, "teacher_epochs", ">= 1", self.teacher_epochs)
-        config_lib.check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-        config_lib.check(
-            0 < self.test_fraction < 1, "test_fraction", "in (0, 1)", self.test_fraction
-        )
-        config_lib.check(self.image_size >= 8, "image_size", ">= 8", self.image_size)
-        config_lib.check(self.channels in (1, 3), "channels", "1 or 3", self.channels)
+    @pydantic.model_validator(mode="after")
+    def _check(self):
         if self.offline and self.augment:
             raise config_lib.ConfigError(
                 "offline=true cannot be combined with augment=true: the cached teacher outputs "
                 "describe un-augmented images, so they would be stale. Drop one of them. "
                 "Received: offline=True, augment=True."
             )
+        return self
 
 
 def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
@@ -215,7 +182,6 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     parser.add_argument("--classes", help="teacher classes for the student, e.g. 0,3,7")
     parser.add_argument("--offline", action="store_true", default=None, help="cache the teacher")
     parser.add_argument("--temperature", type=float)
-    parser.add_argument("--alpha", type=float)
     parser.add_argument("--schedule", help="constant, linear, cosine, exponential or step")
     parser.add_argument("--epochs", type=int)
     parser.add_argument(
@@ -225,7 +191,7 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
         "--qat",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="quantization-aware distillation before export (--no-qat to skip)",
+        help="quantization-aware distillation before export (--no-qat: qat_epochs=0)",
     )
     parser.add_argument(
         "--export", choices=["float32", "float16", "dynamic", "int8", "none"], help="TFLite file"
@@ -238,10 +204,9 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
         "offline": args.offline,
         "epochs": args.epochs,
         "distill.temperature": args.temperature,
-        "distill.alpha": args.alpha,
         "distill.schedule": args.schedule,
-        "compress.prune": _prune_value(args.prune),
-        "compress.qat": args.qat,
+        "compress.sparsity": _prune_value(args.prune),
+        "compress.qat_epochs": None if args.qat in (None, True) else 0,
         "compress.export": args.export,
     }
     return config_from_args(ClassifyConfig, args, named)
@@ -437,7 +402,7 @@ def run(config: ClassifyConfig, inputs: Inputs | None = None) -> dict:
 
     compression = None
     settings = config.compress
-    if settings.sparsity is not None or settings.qat or settings.export is not None:
+    if settings.prune_to is not None or settings.qat or settings.export is not None:
         keras.utils.set_random_seed(config.seed + 2)
         compression, compressed_rows = compress_student(
             config,
@@ -507,7 +472,7 @@ def _record(session, config, report, distiller, x_train, x_test) -> dict:
         report,
         artifacts,
         tflite_path=tflite_path,
-        register_as=config.register_as if tflite_path else None,
+        register_as=config.tracking.register_as if tflite_path else None,
         input_example=x_test[:2],
         calibration=calibration,
         tflite_metrics=tflite_metrics,
@@ -530,7 +495,7 @@ def _distiller(
             name="logits_kd",
         )
     ]
-    weights = [settings.alpha]
+    weights = [settings.logits_weight]
     if settings.hint_weight > 0:
         terms.append(
             FeatureDistillation(
@@ -550,14 +515,14 @@ def _distiller(
             student,
             terms,
             weights,
-            1 - settings.alpha,
+            settings.student_loss_weight,
             teacher_output_shape=cache.output_shape,
         )
         dataset = offline.offline_dataset(
             x_train, y_train, cache, config.batch_size, seed=config.seed
         )
     else:
-        distiller = Distiller(teacher, student, terms, weights, 1 - settings.alpha)
+        distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
         dataset = data_lib.training_dataset(
             x_train, y_train, config.batch_size, config.seed, augmentation
         )
@@ -583,7 +548,7 @@ def compress_student(config, teacher, student, subset, train, test, output, stat
     rows = []
     model, name_parts, seconds = student, [], 0.0
     steps_per_epoch = int(np.ceil(len(x_train) / config.batch_size))
-    sparsity = settings.sparsity
+    sparsity = settings.prune_to
     if sparsity == "auto":
         curve = _choose_sparsity(config, student, x_train, y_train)
         details["sparsity_curve"] = curve.as_dict()
@@ -593,7 +558,7 @@ def compress_student(config, teacher, student, subset, train, test, output, stat
         sparsity = curve.chosen if curve.chosen > 0 else None
     if sparsity is not None:
         # Polynomial ramp over the first 60% of fine-tuning; the rest recovers at full sparsity.
-        frequency = max(1, int(0.6 * settings.finetune_epochs * steps_per_epoch) // 10)
+        frequency = max(1, int(0.6 * settings.prune_epochs * steps_per_epoch) // 10)
         pruned = compress.prune(
             model,
             sparsity,
@@ -617,7 +582,7 @@ def compress_student(config, teacher, student, subset, train, test, output, stat
         qat = compress.quantize_aware(
             model,
             preserve_sparsity=sparsity is not None,
-            calibration_data=np.array_split(x_train[:256], 8),
+            calibration_data=np.array_split(x_train[: settings.calibration_images], 8),
         )
         weights = output / "student_qat.weights.h5"
         trained = state.done("qat")
@@ -667,6 +632,7 @@ def _fine_tune(
 ) -> dict:
     """Distills into the compressed `model` (pruning step advanced when pruned)."""
     settings = config.compress
+    epochs = settings.qat_epochs if stage == "qat" else settings.prune_epochs
     distiller, dataset = _distiller(
         config,
         teacher,
@@ -676,7 +642,7 @@ def _fine_tune(
         y_train,
         None,
         output,
-        epochs=settings.finetune_epochs,
+        epochs=epochs,
     )
     _compile(distiller, config, learning_rate=settings.learning_rate)
     callbacks = [compress.UpdatePruningStep()] if compress.is_pruned(model) else []
@@ -684,7 +650,7 @@ def _fine_tune(
     return _fit(
         distiller,
         dataset,
-        settings.finetune_epochs,
+        epochs,
         output / f"checkpoints/student_{stage}",
         callbacks,
     )
@@ -709,7 +675,7 @@ def _export(config, model, x_train, x_test, y_test, output, details) -> dict:
         model,
         mode,
         # Calibration images go through the training preprocessing (no augmentation).
-        representative_data=x_train if needs_calibration else None,
+        representative_data=(x_train[: settings.calibration_images] if needs_calibration else None),
         int8_io=settings.int8_io,
         path=path,
     )
@@ -726,7 +692,7 @@ def _export(config, model, x_train, x_test, y_test, output, details) -> dict:
         "accuracy": export.evaluate_tflite(path, x_test, y_test),
         "size_bytes": size["bytes"],
         "gzip_bytes": size["gzip_bytes"],
-        "latency_ms": export.tflite_latency(path, runs=settings.latency_runs),
+        "latency_ms": export.tflite_latency(path, runs=config.latency_runs),
         "sparsity": _kernel_sparsity(model),
     }
 

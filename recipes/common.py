@@ -9,15 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 
 from kd_keras import config as config_lib
-from kd_keras.run_state import RunState
 
 T = TypeVar("T")
 
@@ -51,9 +49,9 @@ def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str,
     data = config_lib.apply_overrides(data, args.set)
     named = {
         "output_dir": args.output_dir,
-        "track": args.track,
-        "tracking_uri": args.tracking_uri,
-        "register_as": args.register_as,
+        "tracking.enabled": args.track,
+        "tracking.uri": args.tracking_uri,
+        "tracking.register_as": args.register_as,
         "restart": args.restart,
         **named,
     }
@@ -70,16 +68,16 @@ def _yaml_scalar(value) -> str:
 def tracking_session(config, task: str):
     """The MLflow run shared by a recipe's trainings, or `None` when `config.track` is false.
 
-    `config` needs `track`, `tracking_uri`, `experiment` and `output_dir`.
+    `config` needs `output_dir` and a `tracking` section (`kd_keras.settings.TrackingSettings`).
     """
-    if not config.track:
+    if not config.tracking.enabled:
         return None
     from kd_keras import tracking
 
     return tracking.RunSession(
         config.output_dir,
-        tracking_uri=tracking.resolve_tracking_uri(config.tracking_uri, os.environ),
-        experiment=config.experiment,
+        tracking_uri=tracking.resolve_tracking_uri(config.tracking.uri, os.environ),
+        experiment=config.tracking.experiment,
         task=task,
     )
 
@@ -100,106 +98,6 @@ def print_tracking(report: Mapping) -> None:
         model = f", model {tracked['model_uri']}" if tracked["model_uri"] else ""
         state = "" if tracked["complete"] else " (incomplete: see the warning above)"
         print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{model}{state}")
-
-
-def fit_resumable(
-    model,
-    dataset,
-    epochs: int,
-    checkpoint_dir,
-    callbacks=(),
-    steps_per_epoch: int | None = None,
-    stage: str | None = None,
-) -> tuple[float, dict]:
-    """Fits with a `BackupAndRestore` in `checkpoint_dir`, so an interrupted run resumes there.
-
-    A NaN or infinite loss stops the run with `TrainingDivergedError` (naming `stage`) before
-    anything is saved. Returns the wall-clock seconds and the history.
-    """
-    import tf_keras as keras
-
-    from kd_keras.training import StopOnNonFiniteLoss
-
-    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
-    guard = StopOnNonFiniteLoss(stage or Path(checkpoint_dir).name)
-    start = time.perf_counter()
-    history = model.fit(
-        dataset,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        # The backup comes last: once an epoch's checkpoint exists, its metrics are logged.
-        callbacks=[guard, *callbacks, backup],
-        verbose=0,
-    )
-    return time.perf_counter() - start, history.history
-
-
-# Config keys that can change between reruns in one output folder without changing what is
-# trained: where results go, how they are tracked, how often latency is timed.
-RERUN_SAFE_KEYS = (
-    "output_dir",
-    "track",
-    "tracking_uri",
-    "experiment",
-    "register_as",
-    "latency_runs",
-    "compress.latency_runs",
-    "restart",
-)
-
-
-def run_state(config) -> RunState:
-    """The finished stages of `config.output_dir` (refuses a folder made with another config)."""
-    return RunState(
-        config.output_dir,
-        config_lib.to_dict(config),
-        ignore=RERUN_SAFE_KEYS,
-        restart=config.restart,
-    )
-
-
-def reuse_or_train(
-    state: RunState,
-    stage: str,
-    path: Path,
-    train: Callable[[], tuple[object, dict]],
-):
-    """`(model, record)`: `stage`'s saved model if it finished before, else what `train()` made.
-
-    `train()` returns the model and a JSON-able record of its training (`training_record`).
-
-    A trained model is saved atomically to `path` before the stage is recorded as finished, so an
-    interruption at any point either reuses the whole stage or runs it again.
-    """
-    from kd_keras.io import atomic_save_model
-    from kd_keras.models import load_model_file
-
-    record = state.done(stage)
-    if record is not None:
-        return load_model_file(path, option=stage), record
-    model, record = train()
-    atomic_save_model(model, path)
-    state.finish(stage, file=path, **record)
-    return model, record
-
-
-def training_record(seconds: float, history: Mapping[str, list]) -> dict:
-    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss."""
-    losses = history.get("loss") or [None]
-    return {
-        "seconds": round(seconds, 1),
-        "loss": None if losses[-1] is None else round(float(losses[-1]), 6),
-    }
-
-
-def check_batch_size(batch_size: int, examples: int, what: str) -> None:
-    """Refuses a batch larger than the training set (it would give zero training batches)."""
-    if batch_size > examples:
-        raise config_lib.ConfigError(
-            f"Expected batch_size at most the {examples} {what}: a larger batch leaves no "
-            f"complete training batch. Lower batch_size or add data. "
-            f"Received: batch_size={batch_size}."
-        )
 
 
 def parse_and_run(parse_config, prepare, run, argv):

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pydantic
 import tensorflow as tf
 import tf_keras as keras
 import yaml
+from pydantic import Field
 
 from detection.centernet import CenterNetLoss, build_centernet
 from detection.centernet.centernet_distiller import (
@@ -40,45 +42,35 @@ from detection.data import (
 from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
-from kd_keras import compress, schedules
+from kd_keras import compress
 from kd_keras import config as config_lib
+from kd_keras import settings as shared
+from kd_keras.config import ConfigModel
 from kd_keras.export import tflite_latency, tflite_size, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
+from kd_keras.pipeline import (
+    check_batch_size,
+    fit_resumable,
+    reuse_or_train,
+    run_state,
+    training_record,
+)
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.run_state import RunState
 from recipes.common import (
     add_run_arguments,
-    check_batch_size,
     config_from_args,
-    fit_resumable,
     parse_and_run,
     print_artifacts,
     print_tracking,
-    reuse_or_train,
-    run_state,
     run_summary,
     tracking_session,
-    training_record,
 )
 
-ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelSize:
-    backbone: Literal["resnet", "mobilenet"] = "resnet"
-    width: float = 1.0
-    depth: int = 1
-
-    def __post_init__(self):
-        config_lib.check(self.width > 0, "width", "> 0", self.width)
-        config_lib.check(self.depth >= 1, "depth", ">= 1", self.depth)
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillSettings:
+class DistillSettings(shared.DistillSettings):
     """Detection KD components; a weight of 0 switches a component off.
 
     `temperature` softens the heatmap logits of both networks (T² scale); with a `schedule` other
@@ -88,40 +80,15 @@ class DistillSettings:
     ablation.
     """
 
-    heatmap_weight: float = 0.005
-    temperature: float = 2.0
-    schedule: ScheduleName = "constant"
-    final_temperature: float = 1.0
+    temperature: float = Field(2.0, gt=0)
+    heatmap_weight: float = Field(0.005, ge=0)
     positive_retaining: bool = True
-    core_threshold: float | None = None
-    size_weight: float = 0.0
-    offset_weight: float = 0.0
+    core_threshold: float | None = Field(None, gt=0, le=1)
+    size_weight: float = Field(0.0, ge=0)
+    offset_weight: float = Field(0.0, ge=0)
     box_region: Literal["gaussian", "centres"] = "gaussian"
-    hint_weight: float = 0.5
+    hint_weight: float = Field(0.5, ge=0)
     hint_object_weight: float = 1.0
-    student_loss_weight: float = 1.0
-
-    def __post_init__(self):
-        for key in ("heatmap_weight", "size_weight", "offset_weight", "hint_weight"):
-            value = getattr(self, key)
-            config_lib.check(value >= 0, f"distill.{key}", ">= 0", value)
-        config_lib.check(self.temperature > 0, "distill.temperature", "> 0", self.temperature)
-        config_lib.check(
-            self.final_temperature > 0, "distill.final_temperature", "> 0", self.final_temperature
-        )
-        if self.core_threshold is not None:
-            config_lib.check(
-                0 < self.core_threshold <= 1,
-                "distill.core_threshold",
-                "in (0, 1] or null",
-                self.core_threshold,
-            )
-
-    def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
-        """`temperature` at the first step to `final_temperature` at the last (`from_name`)."""
-        return schedules.from_name(
-            self.schedule, self.temperature, self.final_temperature, total_steps
-        )
 
     def terms(self, total_steps: int, student_layer_name=None, only: str | None = None):
         """The KD terms and weights; `only` trains one component (`heatmap`, `box` or `hint`)."""
@@ -151,8 +118,7 @@ class DistillSettings:
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class CompressSettings:
+class CompressSettings(shared.CompressSettings):
     """Pruning (skipped at sparsity 0) then QAT (skipped at 0 epochs), both while distilling.
 
     QAT starts from activation ranges calibrated on `calibration_images` training images (TF-MOT's
@@ -160,73 +126,47 @@ class CompressSettings:
     with `qat_epochs: 0` the same images calibrate post-training full-int8 instead.
     """
 
-    prune_sparsity: float = 0.3
-    prune_epochs: int = 2
-    qat_epochs: int = 2
-    learning_rate: float = 0.0005
-    calibration_images: int = 64
 
-    def __post_init__(self):
-        config_lib.check(
-            0 <= self.prune_sparsity < 1,
-            "compress.prune_sparsity",
-            "in [0, 1)",
-            self.prune_sparsity,
-        )
-        config_lib.check(self.prune_epochs >= 0, "compress.prune_epochs", ">= 0", self.prune_epochs)
-        config_lib.check(self.qat_epochs >= 0, "compress.qat_epochs", ">= 0", self.qat_epochs)
-        config_lib.check(
-            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectConfig:
+class DetectConfig(ConfigModel):
     """Everything `recipes.detect` does; defaults reproduce the built-in run."""
 
     data: str | None = None
     annotations: str | None = None
     val_data: str | None = None
     val_annotations: str | None = None
-    val_fraction: float = 0.2
+    val_fraction: float = Field(0.2, gt=0, lt=1)
     on_bad_annotations: Literal["raise", "skip"] = "raise"
     builtin_dir: str = "runs/detect_data/shapes"
-    builtin_train: int = 480
-    builtin_val: int = 120
+    builtin_train: int = Field(480, ge=1)
+    builtin_val: int = Field(120, ge=1)
     image_size: int = 128
     augment: bool = True
     teacher: str | None = None
-    teacher_epochs: int = 30
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 0.004
+    teacher_epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(0.004, gt=0)
     seed: int = 0
     ablation: bool = False
-    latency_runs: int = 100
+    latency_runs: int = Field(100, ge=1)
     output_dir: str = "runs/detect"
-    track: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "kd-keras-detection"
-    register_as: str | None = "detect-student"
     restart: bool = False
-    teacher_model: ModelSize = ModelSize("resnet", 1.0, 2)
-    student_model: ModelSize = ModelSize("resnet", 0.5, 1)
+    tracking: shared.TrackingSettings = shared.TrackingSettings(
+        experiment="kd-keras-detection", register_as="detect-student"
+    )
+    teacher_model: shared.BackboneSettings = shared.BackboneSettings(width=1.0, depth=2)
+    student_model: shared.BackboneSettings = shared.BackboneSettings(width=0.5, depth=1)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
 
-    def __post_init__(self):
-        config_lib.check(self.epochs >= 1, "epochs", ">= 1", self.epochs)
-        config_lib.check(self.teacher_epochs >= 1, "teacher_epochs", ">= 1", self.teacher_epochs)
-        config_lib.check(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
-        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
+    @pydantic.model_validator(mode="after")
+    def _check(self):
         config_lib.check(
             self.image_size >= 32 and self.image_size % 16 == 0,
             "image_size",
             "a multiple of 16, at least 32",
             self.image_size,
         )
-        config_lib.check(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
-        config_lib.check(self.latency_runs >= 1, "latency_runs", ">= 1", self.latency_runs)
         if (self.data is None) != (self.annotations is None):
             raise config_lib.ConfigError(
                 "A real dataset needs both --data DIR (images) and --annotations FILE (COCO "
@@ -237,6 +177,7 @@ class DetectConfig:
                 "A validation set needs both val_data and val_annotations. Received: "
                 f"val_data={self.val_data!r}, val_annotations={self.val_annotations!r}."
             )
+        return self
 
 
 def parse_config(argv: list[str] | None = None) -> DetectConfig:
@@ -363,7 +304,7 @@ def _record(session, config, report, val_images, description, pictures) -> dict:
         report,
         {**report["artifacts"], "config": Path(config.output_dir) / "config.yaml"},
         tflite_path=report["artifacts"]["student_int8"],
-        register_as=config.register_as,
+        register_as=config.tracking.register_as,
         input_example=val_images[:1],
         calibration={
             "dataset": description,
@@ -460,7 +401,7 @@ def run(config: DetectConfig, inputs: Inputs | None = None) -> dict:
             **extra,
         }
 
-    def build(role: str, model_size: ModelSize) -> keras.Model:
+    def build(role: str, model_size: shared.BackboneSettings) -> keras.Model:
         return build_centernet(
             (*size, 3),
             train.num_classes,
@@ -470,7 +411,7 @@ def run(config: DetectConfig, inputs: Inputs | None = None) -> dict:
             name=role,
         )
 
-    def plain(role: str, model_size: ModelSize, epochs: int, stage: str):
+    def plain(role: str, model_size: shared.BackboneSettings, epochs: int, stage: str):
         def train_model():
             model = build(role, model_size)
             trained = train_plain(
@@ -609,12 +550,12 @@ def compress_and_export(config, teacher, student, train, train_ds, steps, output
     size = (config.image_size, config.image_size)
     model = student
     report = {"prune_sparsity": 0.0, "qat": False, "seconds": 0.0}
-    if settings.prune_sparsity > 0 and settings.prune_epochs > 0:
+    if settings.sparsity > 0 and settings.prune_epochs > 0:
 
         def prune():
             # Mask updates every few steps, at least twice an epoch on small datasets.
             frequency = max(1, min(10, steps // 2))
-            pruned = compress.prune(student, settings.prune_sparsity, frequency=frequency)
+            pruned = compress.prune(student, settings.sparsity, frequency=frequency)
             trained = train_distilled(
                 teacher,
                 pruned,

@@ -19,9 +19,12 @@ from typing import Literal
 import numpy as np
 import tf_keras as keras
 import yaml
+from pydantic import Field
 
 from kd_keras import compress
 from kd_keras import config as config_lib
+from kd_keras import settings as shared
+from kd_keras.config import ConfigModel
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_latency, tflite_predict, to_tflite
 from kd_keras.io import (
@@ -31,6 +34,7 @@ from kd_keras.io import (
     atomic_write_json,
 )
 from kd_keras.models import load_model_file
+from kd_keras.pipeline import fit_resumable, reuse_or_train, run_state, training_record
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.run_state import RunState
@@ -38,15 +42,11 @@ from kd_keras.terms import LogitsDistillation
 from recipes.common import (
     add_run_arguments,
     config_from_args,
-    fit_resumable,
     parse_and_run,
     print_artifacts,
     print_tracking,
-    reuse_or_train,
-    run_state,
     run_summary,
     tracking_session,
-    training_record,
 )
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
@@ -59,110 +59,71 @@ from reid.synthetic import SyntheticConfig, ensure_synthetic_market1501
 ScheduleName = Literal["linear", "cosine", "exponential", "step"]
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    backbone: Literal["resnet", "mobile"] = "resnet"
-    width: float = 0.5
-    embedding_dim: int = 64
-    blocks_per_stage: int = 1
+class ModelSettings(shared.BackboneSettings):
+    """A ReID network: backbone, width, `depth` blocks per stage and the embedding size."""
 
-    def __post_init__(self):
-        config_lib.check(self.width > 0, "width", "> 0", self.width)
-        config_lib.check(self.embedding_dim >= 2, "embedding_dim", ">= 2", self.embedding_dim)
-        config_lib.check(
-            self.blocks_per_stage >= 1, "blocks_per_stage", ">= 1", self.blocks_per_stage
-        )
+    width: float = Field(0.5, gt=0)
+    embedding_dim: int = Field(64, ge=2)
 
 
-@dataclasses.dataclass(frozen=True)
-class DistillSettings:
-    """KD on the identity logits (temperature from `temperature` down to 1) and the embedding.
+class DistillSettings(shared.DistillSettings):
+    """KD on the identity logits (temperature from `temperature` down to `final_temperature`).
 
     `schedule` is the dynamic-temperature schedule; with `compare_constant` a second student is
     distilled at the constant `temperature` on the same budget. `embedding_kd` adds a term on the
     embeddings (sizes may differ): `similarity` (batch similarity structure), `projection`
-    (learned projection, cosine) or `none`.
+    (learned projection, cosine) or `none`. The loss is `student_loss_weight·(ID + triplet) +
+    logits_weight·T²·KL + embedding_weight·embedding KD`.
     """
 
-    temperature: float = 8.0
+    temperature: float = Field(8.0, ge=1)
     schedule: ScheduleName = "exponential"
     compare_constant: bool = True
-    logits_weight: float = 0.25
-    student_weight: float = 1.0
+    logits_weight: float = Field(0.25, ge=0)
     embedding_kd: Literal["similarity", "projection", "none"] = "similarity"
-    embedding_weight: float = 10.0
-
-    def __post_init__(self):
-        config_lib.check(self.temperature >= 1, "distill.temperature", ">= 1", self.temperature)
-        for key in ("logits_weight", "student_weight", "embedding_weight"):
-            value = getattr(self, key)
-            config_lib.check(value >= 0, f"distill.{key}", ">= 0", value)
+    embedding_weight: float = Field(10.0, ge=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class CompressSettings:
-    """Pruning (polynomial ramp to `sparsity`) then QAT, each fine-tuned with the teacher."""
+class CompressSettings(shared.CompressSettings):
+    """Pruning (polynomial ramp to `sparsity`) then QAT, each fine-tuned with the teacher.
 
-    enabled: bool = True
-    sparsity: float = 0.3
-    prune_steps: int = 300
-    qat_steps: int = 300
-    learning_rate: float = 0.0005
+    Epochs have `steps_per_epoch` P×K batches. `qat_epochs: 0` ships the post-training int8
+    model of the float student instead (no pruning).
+    """
 
-    def __post_init__(self):
-        config_lib.check(0 <= self.sparsity < 1, "compress.sparsity", "in [0, 1)", self.sparsity)
-        config_lib.check(self.prune_steps >= 0, "compress.prune_steps", ">= 0", self.prune_steps)
-        config_lib.check(self.qat_steps >= 1, "compress.qat_steps", ">= 1", self.qat_steps)
-        config_lib.check(
-            self.learning_rate > 0, "compress.learning_rate", "> 0", self.learning_rate
-        )
+    prune_epochs: int = Field(5, ge=0)
+    qat_epochs: int = Field(5, ge=0)
+    calibration_images: int = Field(256, ge=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class ReIDConfig:
+class ReIDConfig(ConfigModel):
     """Everything `recipes.reid` does; defaults reproduce the built-in run (< 10 min, 2 cores)."""
 
     data: str | None = None
-    image_height: int = 64
-    image_width: int = 32
+    image_height: int = Field(64, ge=16)
+    image_width: int = Field(32, ge=8)
     teacher: str | None = None
-    p: int = 8
-    k: int = 4
-    epochs: int = 30
-    steps_per_epoch: int = 60
-    teacher_epochs: int = 10
-    teacher_steps_per_epoch: int = 100
-    learning_rate: float = 0.003
-    label_smoothing: float = 0.1
-    margin: float = 0.3
+    p: int = Field(8, ge=2)
+    k: int = Field(4, ge=2)
+    epochs: int = Field(30, ge=1)
+    steps_per_epoch: int = Field(60, ge=1)
+    teacher_epochs: int = Field(10, ge=1)
+    teacher_steps_per_epoch: int = Field(100, ge=1)
+    learning_rate: float = Field(0.003, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    margin: float = Field(0.3, ge=0)
     augment: bool = True
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
     output_dir: str = "runs/reid"
-    latency_runs: int = 100
-    track: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "kd-keras-reid"
-    register_as: str | None = "reid-student"
+    latency_runs: int = Field(100, ge=1)
     restart: bool = False
-    teacher_model: ModelSpec = ModelSpec("resnet", 0.5, 64)
-    student_model: ModelSpec = ModelSpec("mobile", 0.5, 32)
+    tracking: shared.TrackingSettings = shared.TrackingSettings(
+        experiment="kd-keras-reid", register_as="reid-student"
+    )
+    teacher_model: ModelSettings = ModelSettings(backbone="resnet", width=0.5, embedding_dim=64)
+    student_model: ModelSettings = ModelSettings(backbone="mobilenet", width=0.5, embedding_dim=32)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
-
-    def __post_init__(self):
-        for key in ("epochs", "steps_per_epoch", "teacher_epochs", "teacher_steps_per_epoch"):
-            config_lib.check(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
-        config_lib.check(self.p >= 2, "p", ">= 2", self.p)
-        config_lib.check(self.k >= 2, "k", ">= 2", self.k)
-        config_lib.check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
-        config_lib.check(
-            0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing
-        )
-        config_lib.check(self.margin >= 0, "margin", ">= 0", self.margin)
-        config_lib.check(self.image_height >= 16, "image_height", ">= 16", self.image_height)
-        config_lib.check(self.image_width >= 8, "image_width", ">= 8", self.image_width)
-        config_lib.check(len(self.seeds) >= 1, "seeds", "to list at least one seed", self.seeds)
-        config_lib.check(self.latency_runs >= 1, "latency_runs", ">= 1", self.latency_runs)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -271,7 +232,7 @@ def _terms(config: ReIDConfig, temperature, teacher, student) -> tuple[list, lis
 
 def _distiller(config, teacher, student, temperature, steps, epochs, lr) -> Distiller:
     terms, weights = _terms(config, temperature, teacher, student)
-    distiller = Distiller(teacher, student, terms, weights, config.distill.student_weight)
+    distiller = Distiller(teacher, student, terms, weights, config.distill.student_loss_weight)
     distiller.compile(
         _optimizer(lr, epochs * steps),
         loss=ReIDLoss(config.label_smoothing, config.margin),
@@ -353,14 +314,14 @@ def run(config: ReIDConfig, inputs: Inputs | None = None) -> dict:
         sampler = PKSampler(labels, config.p, config.k, seed=seed)
         return pk_dataset(data.train.images, labels, sampler, steps, config.augment, seed)
 
-    def new_model(spec: ModelSpec, name: str) -> keras.Model:
+    def new_model(spec: ModelSettings, name: str) -> keras.Model:
         return build_reid_model(
             data.input_shape,
             identities,
             spec.backbone,
             spec.width,
             spec.embedding_dim,
-            spec.blocks_per_stage,
+            spec.depth,
             name=name,
         )
 
@@ -392,21 +353,18 @@ def run(config: ReIDConfig, inputs: Inputs | None = None) -> dict:
     steps, epochs = config.steps_per_epoch, config.epochs
     total = steps * epochs
     settings = config.distill
-    variants = [("scratch", None)]
+    # (stage name, table label, temperature schedule or None for the scratch student)
+    variants = [("scratch", "scratch", None)]
     if settings.compare_constant:
-        variants.append(
-            ("KD constant T", dynamic_temperature("constant", settings.temperature, total))
-        )
-    variants.append(
-        (
-            f"KD dynamic T, {settings.schedule}",
-            dynamic_temperature(settings.schedule, settings.temperature, total),
-        )
+        constant = dynamic_temperature("constant", settings.temperature, total)
+        variants.append(("KD_constant_T", "KD constant T", constant))
+    dynamic = dynamic_temperature(
+        settings.schedule, settings.temperature, total, settings.final_temperature
     )
+    variants.append(("KD_dynamic_T", f"KD dynamic T, {settings.schedule}", dynamic))
     distilled = distilled_with = None
     for seed in config.seeds:
-        for label, temperature in variants:
-            tag = label.split(",")[0].replace(" ", "_")
+        for tag, label, temperature in variants:
             stage = f"{tag}_{seed}"
 
             def train_student(seed=seed, temperature=temperature, stage=stage):
@@ -447,7 +405,7 @@ def run(config: ReIDConfig, inputs: Inputs | None = None) -> dict:
             row = _keras_row(f"student ({label})", student, data, trained["seconds"], None, None)
             runs.append({"seed": seed, **row})
             if seed == config.seeds[0]:
-                if label.startswith("KD dynamic"):
+                if temperature is dynamic:
                     distilled = student
                     distilled_with = _distiller(
                         config, teacher, student, temperature, steps, epochs, config.learning_rate
@@ -471,7 +429,7 @@ def run(config: ReIDConfig, inputs: Inputs | None = None) -> dict:
     rows.append(_tflite_row("student (KD dynamic T, int8 PTQ)", ptq, folded, data, config, None))
     artifacts["student_ptq_int8"] = str(ptq_path)
     shipped, parity = ptq_path, None
-    if config.compress.enabled:
+    if config.compress.qat_epochs > 0:
         compressed, seconds, sparsity = _compress(
             config, teacher, folded, dataset, data.train.images, output, state
         )
@@ -523,7 +481,7 @@ def _record(session, config, report, artifacts, shipped, data, params) -> dict:
         {key: value for key, value in report.items() if key != "seed_runs"},
         artifacts,
         tflite_path=shipped,
-        register_as=config.register_as,
+        register_as=config.tracking.register_as,
         input_example=data.query.images[:2],
         calibration={
             "dataset": report["data"],
@@ -557,24 +515,26 @@ def _compress(config, teacher, folded, dataset, images, output, state):
     seed = config.seeds[0] + 100
     model, seconds = folded, 0.0
     sparsity = 0.0
-    if settings.prune_steps > 0 and settings.sparsity > 0:
+    steps = config.steps_per_epoch
+    if settings.prune_epochs > 0 and settings.sparsity > 0:
+        prune_steps = settings.prune_epochs * steps
 
         def prune():
             pruned = compress.prune(
                 folded,
                 settings.sparsity,
                 "polynomial",
-                end_step=max(1, settings.prune_steps * 2 // 3),
-                frequency=max(1, settings.prune_steps // 10),
+                end_step=max(1, prune_steps * 2 // 3),
+                frequency=max(1, prune_steps // 10),
             )
             spent, history, _ = _distill(
                 config,
                 teacher,
                 pruned,
                 temperature,
-                dataset(settings.prune_steps, seed),
-                settings.prune_steps,
-                1,
+                dataset(prune_steps, seed),
+                steps,
+                settings.prune_epochs,
                 output / "checkpoints/prune",
                 settings.learning_rate,
                 callbacks=[compress.UpdatePruningStep()],
@@ -584,7 +544,8 @@ def _compress(config, teacher, folded, dataset, images, output, state):
         model, trained = reuse_or_train(state, "pruned", output / "student_pruned.keras", prune)
         seconds += trained["seconds"]
         sparsity = compress.sparsity_report(model)["total"]
-    qat = compress.quantize_aware(model, calibration_data=np.array_split(images[:256], 8))
+    calibration = np.array_split(images[: settings.calibration_images], 8)
+    qat = compress.quantize_aware(model, calibration_data=calibration)
     weights = output / "student_qat.weights.h5"
     trained = state.done("qat")
     if trained is None:
@@ -593,9 +554,9 @@ def _compress(config, teacher, folded, dataset, images, output, state):
             teacher,
             qat,
             temperature,
-            dataset(settings.qat_steps, seed + 1),
-            settings.qat_steps,
-            1,
+            dataset(settings.qat_epochs * steps, seed + 1),
+            steps,
+            settings.qat_epochs,
             output / "checkpoints/qat",
             settings.learning_rate,
         )

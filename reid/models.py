@@ -11,7 +11,7 @@ outputs, `[features, logits]`; `embedding_model(model)` is the deployable model 
 Two backbones, both made of layers TF-MOT can prune and quantize:
 - `"resnet"`: ResNet-like stages of basic residual blocks (3×3 conv, BN, ReLU, identity or 1×1
   projection shortcut);
-- `"mobile"`: MobileNet-like depthwise-separable blocks, lighter for the same width.
+- `"mobilenet"`: MobileNet-like depthwise-separable blocks, lighter for the same width.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras as keras
 
-BACKBONES = ("resnet", "mobile")
+BACKBONES = ("resnet", "mobilenet")
 STAGE_FILTERS = (32, 64, 128)
 FEATURES, EMBEDDING, LOGITS = "features", "embedding", "logits"
 
@@ -60,7 +60,7 @@ def build_backbone(
     blocks_per_stage: int = 1,
     stage_filters: Sequence[int] = STAGE_FILTERS,
 ):
-    """The feature map of a `"resnet"` or `"mobile"` backbone on `inputs`.
+    """The feature map of a `"resnet"` or `"mobilenet"` backbone on `inputs`.
 
     A 3×3 stem conv (stride 1), then one stage per entry of `stage_filters` (channels scaled by
     `width`, at least 4); every stage but the first starts with a stride-2 block.
@@ -95,7 +95,7 @@ def build_reid_model(
     Args:
         input_shape: `(height, width, 3)`.
         num_identities: training identities (classifier outputs).
-        backbone: `"resnet"` or `"mobile"`.
+        backbone: `"resnet"` or `"mobilenet"`.
         width: channel multiplier of the backbone.
         embedding_dim: size of `features` and `embedding`.
         blocks_per_stage: blocks per backbone stage.
@@ -105,7 +105,7 @@ def build_reid_model(
         A functional model; layers `features`, `embedding` and `logits` are named as above.
 
     Example:
-        >>> model = build_reid_model((64, 32, 3), 751, backbone="mobile", embedding_dim=32)
+        >>> model = build_reid_model((64, 32, 3), 751, backbone="mobilenet", embedding_dim=32)
         >>> encoder = embedding_model(model)  # image -> 32-d embedding
     """
     if num_identities < 2:

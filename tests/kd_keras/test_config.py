@@ -1,20 +1,18 @@
-import dataclasses
 from typing import Literal
 
 import pytest
+from pydantic import Field
 
 from kd_keras import config as config_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class Inner:
-    rate: float = 0.5
+class Inner(config_lib.ConfigModel):
+    rate: float = Field(0.5, gt=0)
     mode: Literal["a", "b"] = "a"
 
 
-@dataclasses.dataclass(frozen=True)
-class Outer:
-    epochs: int = 3
+class Outer(config_lib.ConfigModel):
+    epochs: int = Field(3, ge=1)
     name: str | None = None
     classes: tuple[int, ...] | None = None
     inner: Inner = Inner()
@@ -40,6 +38,9 @@ def test_defaults_and_overrides(tmp_path):
         ({"inner": {"mode": "c"}}, "Allowed values: 'a', 'b'. Received: inner.mode='c'"),
         ({"epochs": "many"}, "Expected an integer for epochs"),
         ({"inner": {"rate": "fast"}}, "Expected a number for inner.rate"),
+        ({"inner": {"rate": 0}}, "Expected inner.rate > 0. Received: inner.rate=0"),
+        ({"epochs": 0}, "Expected epochs >= 1. Received: epochs=0"),
+        ({"inner": {"rate": "inf"}}, "Expected a finite number for inner.rate"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(data, message):
@@ -61,3 +62,19 @@ def test_missing_file_and_bad_override(tmp_path):
         config_lib.load_yaml(tmp_path / "nope.yaml")
     with pytest.raises(config_lib.ConfigError, match="Expected an override like"):
         config_lib.apply_overrides({}, ["epochs"])
+
+
+def test_comma_separated_lists_and_frozen_models():
+    config = config_lib.from_dict(Outer, {"classes": "0, 3,7"})
+    assert config.classes == (0, 3, 7)
+    with pytest.raises(Exception, match="frozen"):
+        config.epochs = 4
+
+
+class Recipe(config_lib.ConfigModel):
+    teacher: Inner = Inner(rate=2.0, mode="b")
+
+
+def test_a_partial_section_keeps_the_recipe_defaults_of_its_other_keys():
+    config = config_lib.from_dict(Recipe, {"teacher": {"rate": 3.0}})
+    assert config.teacher == Inner(rate=3.0, mode="b")  # not Inner's own mode="a"

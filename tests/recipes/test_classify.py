@@ -19,9 +19,11 @@ FAST = [
     "--set",
     "teacher_model.width=0.5",
     "--set",
-    "compress.finetune_epochs=1",
+    "compress.prune_epochs=1",
     "--set",
-    "compress.latency_runs=20",
+    "compress.qat_epochs=1",
+    "--set",
+    "latency_runs=20",
 ]
 CONFIGS = Path(classify.__file__).parent / "configs"
 
@@ -47,7 +49,7 @@ def test_default_run_is_tracked_and_registered(default_run, monkeypatch):
     client = MlflowClient(tracking_uri=tracked["tracking_uri"])
     run = client.get_run(tracked["run_id"])
     assert run.data.params["distill.temperature"] == "4.0"
-    assert run.data.params["compress.prune"] == "0.5"
+    assert run.data.params["compress.sparsity"] == "0.5"
     assert run.data.tags["task"] == "classification"
     history = client.get_metric_history(run.info.run_id, "distilled/logits_kd_temperature")
     assert [(m.step, m.value) for m in history] == [(0, 4.0), (1, 4.0)]
@@ -156,17 +158,17 @@ def test_task_specified_offline_run_with_given_teacher(default_run, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ([], (0.5, True, "int8")),
-        (["--prune", "auto"], ("auto", True, "int8")),
-        (["--prune", "0.7", "--no-qat", "--export", "float16"], (0.7, False, "float16")),
-        (["--prune", "0", "--no-qat", "--export", "none"], (0.0, False, None)),
-        (["--qat", "--export", "int8", "--set", "compress.prune=null"], (None, True, "int8")),
+        ([], (0.5, 8, "int8")),
+        (["--prune", "auto"], ("auto", 8, "int8")),
+        (["--prune", "0.7", "--no-qat", "--export", "float16"], (0.7, 0, "float16")),
+        (["--prune", "0", "--no-qat", "--export", "none"], (0.0, 0, None)),
+        (["--qat", "--export", "int8", "--set", "compress.sparsity=0"], (0.0, 8, "int8")),
     ],
 )
 def test_compression_flags(args, expected):
     settings = classify.parse_config(args).compress
-    assert (settings.prune, settings.qat, settings.export) == expected
-    assert settings.sparsity == (None if expected[0] in (None, 0.0) else expected[0])
+    assert (settings.sparsity, settings.qat_epochs, settings.export) == expected
+    assert settings.prune_to == (None if expected[0] == 0.0 else expected[0])
 
 
 def test_shipped_config_equals_defaults():
@@ -179,15 +181,15 @@ def test_shipped_config_equals_defaults():
     [
         (["--set", "epoch=3"], "Unknown config key 'epoch'. Allowed keys: augment, batch_size"),
         (["--schedule", "hot"], "Allowed values: 'constant', 'linear', 'cosine'"),
-        (["--alpha", "1.5"], "Expected distill.alpha in [0, 1]"),
+        (["--set", "distill.logits_weight=-1"], "Expected distill.logits_weight >= 0"),
         (["--offline", "--set", "augment=true"], "cannot be combined with augment=true"),
         (["--teacher", "missing.keras"], "Expected --teacher to be an existing .keras file"),
         (["--classes", "0,x"], "Expected comma-separated class indices"),
         (["--classes", "0,12"], "Class 12 does not exist"),
         (["--data", "no/such/folder"], "Image folder not found"),
-        (["--prune", "1.5"], "Expected compress.prune in [0, 1) or auto"),
-        (["--prune", "most"], "compress.prune"),
-        (["--export", "float16"], "compress.qat=true trains the student for int8"),
+        (["--prune", "1.5"], "Expected compress.sparsity in [0, 1) or auto"),
+        (["--prune", "most"], "compress.sparsity"),
+        (["--export", "float16"], "compress.qat_epochs > 0 trains the student for int8"),
         (
             ["--no-qat", "--export", "dynamic", "--set", "compress.int8_io=true"],
             "needs export=int8",

@@ -94,7 +94,7 @@ def test_distiller_with_size_mismatch_and_dynamic_temperature():
     keras.utils.set_random_seed(0)
     shape, ids = (16, 8, 3), 4
     teacher = build_reid_model(shape, ids, "resnet", 0.25, embedding_dim=12, name="teacher")
-    student = build_reid_model(shape, ids, "mobile", 0.125, embedding_dim=6, name="student")
+    student = build_reid_model(shape, ids, "mobilenet", 0.125, embedding_dim=6, name="student")
     rng = np.random.default_rng(0)
     x = rng.random((8, *shape)).astype(np.float32)
     y = np.array([0, 0, 1, 1, 2, 2, 3, 3])

@@ -62,7 +62,7 @@ def test_reid_loss_combines_both_terms_and_round_trips():
         assert_config_round_trip(obj)
 
 
-@pytest.mark.parametrize("backbone", ["resnet", "mobile"])
+@pytest.mark.parametrize("backbone", ["resnet", "mobilenet"])
 def test_model_outputs_and_embedding_model(backbone):
     model = build_reid_model((16, 8, 3), 5, backbone, width=0.25, embedding_dim=12)
     assert [tuple(s) for s in model.output_shape] == [(None, 12), (None, 5)]
@@ -79,7 +79,7 @@ def test_model_outputs_and_embedding_model(backbone):
 
 def test_mobile_backbone_is_lighter_and_bad_arguments_fail():
     resnet = build_reid_model((16, 8, 3), 5, "resnet", width=0.5)
-    mobile = build_reid_model((16, 8, 3), 5, "mobile", width=0.5)
+    mobile = build_reid_model((16, 8, 3), 5, "mobilenet", width=0.5)
     assert mobile.count_params() * 3 < resnet.count_params()
     with pytest.raises(ValueError, match="Expected backbone in"):
         build_reid_model((16, 8, 3), 5, "vgg")
@@ -138,7 +138,7 @@ def test_two_output_model_trains_with_per_output_losses():
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).random((8, 16, 8, 3)).astype(np.float32)
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    model = build_reid_model((16, 8, 3), 4, "mobile", width=0.25, embedding_dim=8)
+    model = build_reid_model((16, 8, 3), 4, "mobilenet", width=0.25, embedding_dim=8)
     model.compile(
         keras.optimizers.Adam(0.01),
         loss={"features": TripletLoss(0.3), "logits": IdentityLoss(0.1)},
@@ -157,7 +157,7 @@ def test_two_output_model_trains_with_per_output_losses():
 
 def test_folded_bnneck_gives_the_same_embeddings():
     keras.utils.set_random_seed(1)
-    model = build_reid_model((16, 8, 3), 5, "mobile", width=0.25, embedding_dim=6)
+    model = build_reid_model((16, 8, 3), 5, "mobilenet", width=0.25, embedding_dim=6)
     norm = model.get_layer("embedding")
     rng = np.random.default_rng(0)
     norm.set_weights(

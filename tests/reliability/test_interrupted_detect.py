@@ -34,7 +34,7 @@ TINY = [
     "--set", "compress.qat_epochs=2",
     "--set", "compress.calibration_images=8",
     "--set", "latency_runs=3",
-    "--set", "register_as=null",
+    "--set", "tracking.register_as=null",
 ]  # fmt: skip
 # (stage recorded in run_state.json, its checkpoint folder, the file it leaves)
 STAGES = [
@@ -142,8 +142,8 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     base += ["--set", "builtin_train=4", "--set", "builtin_val=2", "--set", "image_size=32"]
     base += ["--set", "batch_size=2", "--no-tracking"]
     config = detect.parse_config(base)
+    from kd_keras.pipeline import RERUN_SAFE_KEYS
     from kd_keras.run_state import RunState
-    from recipes.common import RERUN_SAFE_KEYS
 
     state = RunState(output, detect.config_lib.to_dict(config), ignore=RERUN_SAFE_KEYS)
     (output / "teacher.keras").write_bytes(b"stands for a finished teacher")

@@ -1,6 +1,6 @@
 """Detection benchmark: input pipeline vs training speed, LiteRT latency, and the KD ablation.
 
-    python benchmarks/detection.py [--seeds 0 1 2] [--epochs 30] [--skip-ablation]
+    python benchmarks/detection_kd.py [--seeds 0 1 2] [--epochs 30] [--skip-ablation]
 
 (1) Images/s of the tf.data pipeline alone (read, augment, encode targets) against images/s of a
     training step (scratch student, and the distiller with the teacher's forward pass), measured in
@@ -20,14 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Run as a script, this file's folder comes first on the import path and its name would shadow
-# the `detection` package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 
 def pipeline_vs_training(config, batches: int = 20) -> dict:

@@ -1,7 +1,7 @@
 """ReID benchmark: evaluation throughput, LiteRT embedding latency, and the KD ablation over seeds.
 
-    python benchmarks/reid.py                      # seeds 0,1,2 on the built-in dataset
-    python benchmarks/reid.py --seeds 0 --queries 3368 --gallery 15913   # Market-1501 sizes
+    python benchmarks/reid_kd.py                      # seeds 0,1,2 on the built-in dataset
+    python benchmarks/reid_kd.py --seeds 0 --queries 3368 --gallery 15913   # Market-1501 sizes
 
 1. Evaluation throughput: query×gallery cosine distances plus Market-1501 ranking (CMC + mAP)
    on random embeddings of the student's and the teacher's sizes, queries per second and ratio.
@@ -19,21 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-if not __package__:
-    # Run as a script, this folder comes first on sys.path, where this file would shadow the
-    # `reid` package.
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+import numpy as np
+import tf_keras as keras
 
-import numpy as np  # noqa: E402
-import tf_keras as keras  # noqa: E402
-
-from kd_keras.export import tflite_latency, to_tflite  # noqa: E402
-from kd_keras.io import atomic_write_json  # noqa: E402
-from kd_keras.report import format_table  # noqa: E402
-from recipes import reid as recipe  # noqa: E402
-from reid.evaluation import evaluate_ranking, pairwise_distances  # noqa: E402
-from reid.models import embedding_model  # noqa: E402
+from kd_keras.export import tflite_latency, to_tflite
+from kd_keras.io import atomic_write_json
+from kd_keras.report import format_table
+from recipes import reid as recipe
+from reid.evaluation import evaluate_ranking, pairwise_distances
+from reid.models import embedding_model
 
 
 def evaluation_throughput(queries: int, gallery: int, dim: int, repeats: int = 3) -> dict:

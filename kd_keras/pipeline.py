@@ -1,0 +1,115 @@
+"""The stages every recipe runs, resumable: train or reuse, fit with a backup, keep a record.
+
+A recipe is a sequence of stages (teacher, students, pruning, QAT, export) in one output folder.
+`reuse_or_train` runs a stage once: its model is saved and the stage recorded in the folder's
+`RunState`, so a rerun loads it instead of training again; `fit_resumable` resumes a stage that
+was interrupted from its last finished epoch and stops a diverging one with a message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import tf_keras as keras
+
+from kd_keras import config as config_lib
+from kd_keras.io import atomic_save_model
+from kd_keras.models import load_model_file
+from kd_keras.run_state import RunState
+from kd_keras.training import StopOnNonFiniteLoss
+
+
+def fit_resumable(
+    model,
+    dataset,
+    epochs: int,
+    checkpoint_dir,
+    callbacks=(),
+    steps_per_epoch: int | None = None,
+    stage: str | None = None,
+) -> tuple[float, dict]:
+    """Fits with a `BackupAndRestore` in `checkpoint_dir`, so an interrupted run resumes there.
+
+    A NaN or infinite loss stops the run with `TrainingDivergedError` (naming `stage`) before
+    anything is saved. Returns the wall-clock seconds and the history.
+    """
+    backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
+    guard = StopOnNonFiniteLoss(stage or Path(checkpoint_dir).name)
+    start = time.perf_counter()
+    history = model.fit(
+        dataset,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        # The backup comes last: once an epoch's checkpoint exists, its metrics are logged.
+        callbacks=[guard, *callbacks, backup],
+        verbose=0,
+    )
+    return time.perf_counter() - start, history.history
+
+
+# Config keys that can change between reruns in one output folder without changing what is
+# trained: where results go, how they are tracked, how often latency is timed.
+RERUN_SAFE_KEYS = ("output_dir", "tracking", "latency_runs", "restart")
+
+
+def run_state(config) -> RunState:
+    """The finished stages of `config.output_dir` (refuses a folder made with another config)."""
+    return RunState(
+        config.output_dir,
+        config_lib.to_dict(config),
+        ignore=RERUN_SAFE_KEYS,
+        restart=config.restart,
+    )
+
+
+def reuse_or_train(
+    state: RunState,
+    stage: str,
+    path: Path,
+    train: Callable[[], tuple[object, dict]],
+):
+    """`(model, record)`: `stage`'s saved model if it finished before, else what `train()` made.
+
+    `train()` returns the model and a JSON-able record of its training (`training_record`).
+
+    A trained model is saved atomically to `path` before the stage is recorded as finished, so an
+    interruption at any point either reuses the whole stage or runs it again.
+    """
+    record = state.done(stage)
+    if record is not None:
+        return load_model_file(path, option=stage), record
+    model, record = train()
+    atomic_save_model(model, path)
+    state.finish(stage, file=path, **record)
+    return model, record
+
+
+def training_record(seconds: float, history: Mapping[str, list]) -> dict:
+    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss."""
+    losses = history.get("loss") or [None]
+    return {
+        "seconds": round(seconds, 1),
+        "loss": None if losses[-1] is None else round(float(losses[-1]), 6),
+    }
+
+
+def check_batch_size(batch_size: int, examples: int, what: str) -> None:
+    """Refuses a batch larger than the training set (it would give zero training batches)."""
+    if batch_size > examples:
+        raise config_lib.ConfigError(
+            f"Expected batch_size at most the {examples} {what}: a larger batch leaves no "
+            f"complete training batch. Lower batch_size or add data. "
+            f"Received: batch_size={batch_size}."
+        )
+
+
+__all__ = [
+    "RERUN_SAFE_KEYS",
+    "check_batch_size",
+    "fit_resumable",
+    "reuse_or_train",
+    "run_state",
+    "training_record",
+]

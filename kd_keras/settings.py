@@ -1,0 +1,85 @@
+"""The config sections every recipe shares, with one set of key names.
+
+`recipes/configs/*.yaml` all have `teacher_model` / `student_model` (`ModelSettings`), `distill`
+(`DistillSettings`), `compress` (`CompressSettings`) and `tracking` (`TrackingSettings`); each
+task subclasses a section to add its own keys, never to rename a shared one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kd_keras import schedules
+from kd_keras.config import ConfigModel
+
+ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
+Backbone = Literal["resnet", "mobilenet"]
+
+
+class ModelSettings(ConfigModel):
+    """Size of a network: `width` multiplies every layer's channels, `depth` blocks per stage."""
+
+    width: float = Field(1.0, gt=0)
+    depth: int = Field(1, ge=1)
+
+
+class BackboneSettings(ModelSettings):
+    """A network with a choice of backbone (ResNet-like or MobileNet-like)."""
+
+    backbone: Backbone = "resnet"
+
+
+class DistillSettings(ConfigModel):
+    """How the student learns from the teacher; the KD term weights are the task's.
+
+    `temperature` is the starting temperature; a `schedule` other than constant moves it to
+    `final_temperature` by the last training step (`kd_keras.schedules.from_name`).
+    `student_loss_weight` weighs the student's own task loss.
+    """
+
+    temperature: float = Field(4.0, gt=0)
+    final_temperature: float = Field(1.0, gt=0)
+    schedule: ScheduleName = "constant"
+    student_loss_weight: float = Field(1.0, ge=0)
+
+    def temperature_schedule(self, total_steps: int) -> schedules.Schedule:
+        """`temperature` at the first step to `final_temperature` at the last."""
+        return schedules.from_name(
+            self.schedule, self.temperature, self.final_temperature, total_steps
+        )
+
+
+class CompressSettings(ConfigModel):
+    """Pruning to `sparsity` (0 = off) then QAT, each fine-tuned while distilling.
+
+    `prune_epochs` and `qat_epochs` are the fine-tuning budgets (`qat_epochs: 0` exports with
+    post-training int8 instead); `calibration_images` training images set the int8 ranges.
+    """
+
+    sparsity: float = Field(0.3, ge=0, lt=1)
+    prune_epochs: int = Field(2, ge=0)
+    qat_epochs: int = Field(2, ge=0)
+    learning_rate: float = Field(0.0005, gt=0)
+    calibration_images: int = Field(64, ge=1)
+
+
+class TrackingSettings(ConfigModel):
+    """The MLflow run: `uri` null means `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
+
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "kd-keras"
+    register_as: str | None = None
+
+
+__all__ = [
+    "Backbone",
+    "BackboneSettings",
+    "CompressSettings",
+    "DistillSettings",
+    "ModelSettings",
+    "ScheduleName",
+    "TrackingSettings",
+]
