@@ -149,3 +149,26 @@ def test_validation_with_an_unknown_or_renamed_category_is_refused(tmp_path):
     unknown = _two_category_set(tmp_path, "val2", [{"id": 4, "name": "gear"}], [4])
     with pytest.raises(DatasetError, match=r"unknown ids \[4\]"):
         unknown.aligned_to(train)
+
+
+def test_recipe_refuses_a_validation_set_without_boxes_before_training(tmp_path, capsys):
+    from recipes import detect
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / split / "a.jpg")
+    images = [{"id": 1, "file_name": "a.jpg", "width": 32, "height": 32}]
+    boxes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10]}]
+    _write_json(tmp_path / "train.json", images, boxes)
+    _write_json(tmp_path / "val.json", images, [])
+    args = ["--data", str(tmp_path / "train"), "--annotations", str(tmp_path / "train.json")]
+    args += [
+        "--set",
+        f"val_data={tmp_path / 'val'}",
+        "--set",
+        f"val_annotations={tmp_path / 'val.json'}",
+    ]
+    args += ["--set", "image_size=32", "--set", "batch_size=1", "--no-tracking"]
+    assert detect.main([*args, "--output-dir", str(tmp_path / "out")]) == 2
+    assert "val.json has 1 usable images but no boxes" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "checkpoints").exists()
