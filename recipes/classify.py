@@ -8,7 +8,7 @@ pruning, `auto` picks the knee of the accuracy-vs-sparsity curve), `--qat` (quan
 training), both fine-tuned with the teacher, and `--export float32|float16|dynamic|int8` writes a
 `.tflite` that is measured in LiteRT. The run is recorded in MLflow (`--tracking-uri`, default
 `sqlite:///mlflow.db` in the working directory) and the `.tflite` student is registered as a new
-version of `register_as` with alias `challenger`. Every option is also a config key
+version of `tracking.register_as` with alias `challenger`. Every option is also a config key
 (`--config FILE`, `--set key=value`).
 """
 

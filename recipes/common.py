@@ -66,7 +66,7 @@ def _yaml_scalar(value) -> str:
 
 
 def tracking_session(config, task: str):
-    """The MLflow run shared by a recipe's trainings, or `None` when `config.track` is false.
+    """The MLflow run shared by a recipe's trainings; `None` when `config.tracking.enabled` is off.
 
     `config` needs `output_dir` and a `tracking` section (`kd_keras.settings.TrackingSettings`).
     """
