@@ -35,19 +35,18 @@ def atomic_write_json(path: str | os.PathLike, payload) -> Path:
 
 def atomic_save_model(model, path: str | os.PathLike) -> Path:
     """Saves a Keras model to a temporary file beside `path`, then renames it into place."""
-    path = Path(path)
-    return _saved_then_renamed(path, path.with_name(f".{path.stem}.tmp{path.suffix}"), model.save)
+    return _saved_then_renamed(Path(path), model.save)
 
 
 def atomic_save_weights(model, path: str | os.PathLike) -> Path:
-    """Saves a Keras model's weights (HDF5, by the `.h5` suffix) atomically to `path`."""
-    path = Path(path)
-    return _saved_then_renamed(path, path.with_name(f".{path.name}.tmp.h5"), model.save_weights)
+    """Saves a Keras model's weights atomically to `path` (its suffix picks the format)."""
+    return _saved_then_renamed(Path(path), model.save_weights)
 
 
-def _saved_then_renamed(path: Path, temporary: Path, save) -> Path:
-    # The temporary name keeps the suffix: Keras picks the file format from it.
+def _saved_then_renamed(path: Path, save) -> Path:
+    # The temporary name ends like `path` (`.keras`, `.weights.h5`): Keras picks the format from it.
     path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{path.name}")
     save(temporary)
     os.replace(temporary, path)
     return path
