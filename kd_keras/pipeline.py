@@ -15,7 +15,7 @@ from pathlib import Path
 import tf_keras as keras
 
 from kd_keras import config as config_lib
-from kd_keras.io import atomic_save_model
+from kd_keras.io import atomic_save_model, atomic_save_weights
 from kd_keras.models import load_model_file
 from kd_keras.run_state import RunState
 from kd_keras.training import StopOnNonFiniteLoss
@@ -86,6 +86,30 @@ def reuse_or_train(
     return model, record
 
 
+def reuse_or_train_weights(
+    state: RunState,
+    stage: str,
+    model,
+    path: Path,
+    train: Callable[[], dict],
+) -> dict:
+    """The record of `stage`, training `model` in place with `train()` only if it has not run.
+
+    For models rebuilt identically on every run (a quantization-aware wrapper): a finished
+    stage loads its weights from `path` (HDF5, weights only), otherwise `train()` trains `model`
+    and returns its `training_record`, and the weights are saved atomically before the stage is
+    recorded.
+    """
+    record = state.done(stage)
+    if record is not None:
+        model.load_weights(path)
+        return record
+    record = train()
+    atomic_save_weights(model, path)
+    state.finish(stage, file=path, **record)
+    return record
+
+
 def training_record(seconds: float, history: Mapping[str, list]) -> dict:
     """What a stage keeps of its training: wall-clock seconds and the last epoch's loss."""
     losses = history.get("loss") or [None]
@@ -110,6 +134,7 @@ __all__ = [
     "check_batch_size",
     "fit_resumable",
     "reuse_or_train",
+    "reuse_or_train_weights",
     "run_state",
     "training_record",
 ]

@@ -45,7 +45,7 @@ class RunState:
             false), or its state file cannot be read.
 
     Example:
-        >>> state = RunState("runs/detect", config_dict, ignore=("output_dir", "track"))
+        >>> state = RunState("runs/detect", config_dict, ignore=("output_dir", "tracking"))
         >>> if not state.done("teacher"):
         ...     train_teacher()
         ...     state.finish("teacher", file="runs/detect/teacher.keras", seconds=12.5)
@@ -103,18 +103,12 @@ class RunState:
         A stage that ran again (its file had gone) invalidates every stage recorded after it:
         they were made from its old output.
         """
-        self.forget(stage)
+        if stage in self._stages:
+            names = list(self._stages)
+            for name in names[names.index(stage) :]:
+                del self._stages[name]
         self._ran.add(stage)
         self._stages[stage] = {"file": None if file is None else str(file), **values}
-        self._write()
-
-    def forget(self, stage: str) -> None:
-        """Drops `stage` (and every stage recorded after it): they run again."""
-        if stage not in self._stages:
-            return
-        names = list(self._stages)
-        for name in names[names.index(stage) :]:
-            del self._stages[name]
         self._write()
 
     # === Internals ===

@@ -33,9 +33,15 @@ from kd_keras import data as data_lib
 from kd_keras import settings as shared
 from kd_keras.config import ConfigModel
 from kd_keras.distiller import Distiller
-from kd_keras.io import atomic_save_weights, atomic_write_bytes, atomic_write_json
+from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import build_cnn_classifier, load_model_file
-from kd_keras.pipeline import fit_resumable, reuse_or_train, run_state, training_record
+from kd_keras.pipeline import (
+    fit_resumable,
+    reuse_or_train,
+    reuse_or_train_weights,
+    run_state,
+    training_record,
+)
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.run_state import RunState
@@ -584,16 +590,15 @@ def compress_student(config, teacher, student, subset, train, test, output, stat
             preserve_sparsity=sparsity is not None,
             calibration_data=np.array_split(x_train[: settings.calibration_images], 8),
         )
-        weights = output / "student_qat.weights.h5"
-        trained = state.done("qat")
-        if trained is None:
-            trained = _fine_tune(
+        trained = reuse_or_train_weights(
+            state,
+            "qat",
+            qat,
+            output / "student_qat.weights.h5",
+            lambda: _fine_tune(
                 config, teacher, qat, subset, x_train, y_train, output, "qat", logged
-            )
-            atomic_save_weights(qat, weights)
-            state.finish("qat", file=weights, **trained)
-        else:
-            qat.load_weights(weights)
+            ),
+        )
         seconds += trained["seconds"]
         model = qat
         name_parts.append("QAT")

@@ -29,12 +29,17 @@ from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_latency, tflite_predict, to_tflite
 from kd_keras.io import (
     atomic_save_model,
-    atomic_save_weights,
     atomic_write_bytes,
     atomic_write_json,
 )
 from kd_keras.models import load_model_file
-from kd_keras.pipeline import fit_resumable, reuse_or_train, run_state, training_record
+from kd_keras.pipeline import (
+    fit_resumable,
+    reuse_or_train,
+    reuse_or_train_weights,
+    run_state,
+    training_record,
+)
 from kd_keras.profile import profile_model
 from kd_keras.report import format_table
 from kd_keras.run_state import RunState
@@ -546,9 +551,8 @@ def _compress(config, teacher, folded, dataset, images, output, state):
         sparsity = compress.sparsity_report(model)["total"]
     calibration = np.array_split(images[: settings.calibration_images], 8)
     qat = compress.quantize_aware(model, calibration_data=calibration)
-    weights = output / "student_qat.weights.h5"
-    trained = state.done("qat")
-    if trained is None:
+
+    def fine_tune():
         spent, history, _ = _distill(
             config,
             teacher,
@@ -560,11 +564,10 @@ def _compress(config, teacher, folded, dataset, images, output, state):
             output / "checkpoints/qat",
             settings.learning_rate,
         )
-        trained = training_record(spent, history)
-        atomic_save_weights(qat, weights)
-        state.finish("qat", file=weights, **trained)
-    else:
-        qat.load_weights(weights)
+        return training_record(spent, history)
+
+    weights = output / "student_qat.weights.h5"
+    trained = reuse_or_train_weights(state, "qat", qat, weights, fine_tune)
     return qat, round(seconds + trained["seconds"], 2), sparsity
 
 
