@@ -30,11 +30,11 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
     import tensorflow as tf
     import tf_keras as keras
 
-    from detection.centernet import build_centernet
+    from detection.centernet import CenterNetDistiller, CenterNetLoss, build_centernet
     from detection.data import detection_dataset
-    from recipes import detect
+    from detection.task import load_data
 
-    train, _, _ = detect.load_data(config)
+    train, _, _ = load_data(config)
     size = (config.image_size, config.image_size)
     dataset = detection_dataset(train, size, config.batch_size, training=True, seed=0).repeat()
     iterator = iter(dataset)
@@ -68,11 +68,11 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
     teacher = build("teacher", config.teacher_model)
     student = build("student", config.student_model)
     for name, model in (("teacher", teacher), ("student (scratch)", student)):
-        losses, weights = detect.CenterNetLoss().per_head_losses()
+        losses, weights = CenterNetLoss().per_head_losses()
         model.compile(keras.optimizers.Adam(1e-3), losses, loss_weights=weights)
         steps[name] = images_per_second(lambda d, m=model: m.fit(d, verbose=0))
     terms, weights = config.distill.terms(1000)
-    distiller = detect.CenterNetDistiller(teacher, build("student_kd", config.student_model),
+    distiller = CenterNetDistiller(teacher, build("student_kd", config.student_model),
                                           terms, weights)  # fmt: skip
     distiller.compile(keras.optimizers.Adam(1e-3))
     steps["student (distilled)"] = images_per_second(lambda d: distiller.fit(d, verbose=0))
@@ -85,22 +85,25 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
 
 
 def ablation(config, seeds, output: Path, components: bool = True) -> dict:
-    from recipes import detect
+    from detection.config import DetectConfig
+    from detection.task import DetectionTask
+    from kd_keras import config as config_lib
+    from kd_keras.pipeline import prepare, run_pipeline
 
     runs = []
     teacher_path = config.teacher
     for seed in seeds:
-        run_config = detect.config_lib.from_dict(
-            detect.DetectConfig,
+        run_config = config_lib.from_dict(
+            DetectConfig,
             {
-                **detect.config_lib.to_dict(config),
+                **config_lib.to_dict(config),
                 "seed": seed,
                 "ablation": components,
                 "teacher": teacher_path,
                 "output_dir": str(output / f"seed{seed}"),
             },
         )
-        report = detect.run(run_config)
+        report = run_pipeline(prepare(DetectionTask(run_config), run_config), run_config)
         if teacher_path is None:
             teacher_path = report["artifacts"]["teacher"]
         runs.append({row["model"]: row for row in report["rows"]})
@@ -116,9 +119,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
             "AP50_mean": statistics.fmean(run[name]["AP50"] for run in runs),
         }
     margins = [r["student (distilled)"]["AP"] - r["student (scratch)"]["AP"] for r in runs]
-    int8 = [
-        r["student (distilled, int8 LiteRT)"]["AP"] - r["student (distilled)"]["AP"] for r in runs
-    ]
+    int8 = [r["student (int8 TFLite, LiteRT)"]["AP"] - r["student (distilled)"]["AP"] for r in runs]
     return {
         "seeds": list(seeds),
         "table": table,
@@ -126,7 +127,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
         "int8_minus_float_AP": int8,
         "latency_ms": {
             "teacher float32": runs[0]["teacher"]["latency_ms"],
-            "student int8": runs[0]["student (distilled, int8 LiteRT)"]["latency_ms"],
+            "student int8": runs[0]["student (int8 TFLite, LiteRT)"]["latency_ms"],
         },
     }
 
@@ -146,14 +147,13 @@ def main() -> None:
     parser.add_argument("--output", default="runs/benchmark_detection")
     args = parser.parse_args()
 
-    from recipes import detect
+    from detection.config import DetectConfig
+    from kd_keras import config as config_lib
 
-    overrides = [] if args.epochs is None else ["--epochs", str(args.epochs)]
-    if args.teacher is not None:
-        overrides += ["--teacher", args.teacher]
+    overrides = {"tracking": {"enabled": False}, "teacher": args.teacher}
     if args.epochs is not None:
-        overrides += ["--set", f"teacher_epochs={args.epochs}"]
-    config = detect.parse_config(overrides)
+        overrides.update(epochs=args.epochs, teacher_epochs=args.epochs)
+    config = config_lib.from_dict(DetectConfig, overrides)
     output = Path(args.output)
     result = {}
     if not args.skip_speed:

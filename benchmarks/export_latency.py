@@ -22,17 +22,20 @@ from pathlib import Path
 
 import tf_keras as keras
 
+from classification.config import ClassifyConfig
+from classification.task import ClassificationTask
+from kd_keras import config as config_lib
 from kd_keras import export
+from kd_keras.pipeline import prepare, run_pipeline
 from kd_keras.report import format_table
-from recipes import classify
 
 TARGETS = {"speedup": 10.0, "shrink": 20.0, "relative_accuracy": 0.98, "agreement": 0.99}
 
 
 def measure(run_dir: Path, runs: int, rounds: int) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
-    config = classify.parse_config(["--config", str(run_dir / "config.yaml")])
-    _, test = classify.load_data(config)
+    config = config_lib.from_dict(ClassifyConfig, config_lib.load_yaml(run_dir / "config.yaml"))
+    test = ClassificationTask(config).test
     teacher = keras.models.load_model(report["artifacts"]["teacher"], compile=False)
     student = keras.models.load_model(report["artifacts"]["student"], compile=False)
     files = {
@@ -94,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.from_run) if args.from_run else Path(scratch) / "classify"
         if not args.from_run:
             print("training the default classification run (teacher, student, prune+QAT) ...")
-            if classify.main(["--output-dir", str(run_dir)]) != 0:
-                return 1
+            overrides = {"output_dir": str(run_dir), "tracking": {"enabled": False}}
+            config = config_lib.from_dict(ClassifyConfig, overrides)
+            run_pipeline(prepare(ClassificationTask(config), config), config)
         results = measure(run_dir, args.runs, args.rounds)
     print()
     print(format_table(results["rows"], COLUMNS))

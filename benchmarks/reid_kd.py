@@ -5,8 +5,9 @@
 
 1. Evaluation throughput: query×gallery cosine distances plus Market-1501 ranking (CMC + mAP)
    on random embeddings of the student's and the teacher's sizes, queries per second and ratio.
-2. The ablation: `recipes.reid` with every seed (scratch, constant-T KD, dynamic-T KD students on
-   the same budget, one teacher, the pruned + QAT int8 student); mean ± std of rank-1 and mAP.
+2. The ablation: the ReID pipeline (`reid.task.ReIDTask`) with every seed (scratch, constant-T
+   KD, dynamic-T KD students on the same budget, one teacher, the pruned + QAT int8 student);
+   mean ± std of rank-1 and mAP.
 3. LiteRT latency of one embedding: int8 student vs float32 teacher, measured in this process.
 
 Prints absolute figures beside the ratios and writes `<output-dir>/benchmark.json`.
@@ -22,12 +23,15 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
+from kd_keras import config as config_lib
 from kd_keras.export import tflite_latency, to_tflite
 from kd_keras.io import atomic_write_json
+from kd_keras.pipeline import prepare, run_pipeline
 from kd_keras.report import format_table
-from recipes import reid as recipe
+from reid.config import ReIDConfig
 from reid.evaluation import evaluate_ranking, pairwise_distances
 from reid.models import embedding_model
+from reid.task import ReIDTask
 
 
 def evaluation_throughput(queries: int, gallery: int, dim: int, repeats: int = 3) -> dict:
@@ -59,7 +63,7 @@ def evaluation_throughput(queries: int, gallery: int, dim: int, repeats: int = 3
 def _ablation(report: dict) -> list[dict]:
     rows = []
     for row in report["rows"]:
-        runs = [r for r in report["seed_runs"] if r["model"] == row["model"]]
+        runs = [r for r in report.get("seed_runs", ()) if r["model"] == row["model"]]
         entry = {"model": row["model"], "seeds": max(1, len(runs))}
         for key in ("rank1", "mAP"):
             values = np.array([r[key] for r in runs] or [row[key]])
@@ -80,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     output = Path(args.output_dir)
 
-    config = recipe.parse_config(
-        ["--seeds", args.seeds, "--output-dir", str(output), "--no-tracking"]
-    )
+    seeds = tuple(int(seed) for seed in args.seeds.split(","))
+    overrides = {"seeds": seeds, "output_dir": str(output), "tracking": {"enabled": False}}
+    config = config_lib.from_dict(ReIDConfig, overrides)
     student_dim = config.student_model.embedding_dim
     teacher_dim = config.teacher_model.embedding_dim
 
@@ -100,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{student_eval['total_seconds'] / teacher_eval['total_seconds']:.2f}x"
     )
 
-    print(f"\n== Ablation: recipes.reid with seeds {args.seeds} ==", flush=True)
+    print(f"\n== Ablation: the reid pipeline with seeds {args.seeds} ==", flush=True)
     start = time.perf_counter()
-    report = recipe.run(config)
+    report = run_pipeline(prepare(ReIDTask(config), config), config)
     recipe_seconds = time.perf_counter() - start
     ablation = _ablation(report)
     columns = [
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     constant = by_name["student (KD constant T)"]
     dynamic = by_name[f"student (KD dynamic T, {config.distill.schedule})"]
     int8 = ablation[-1]
-    ptq = by_name["student (KD dynamic T, int8 PTQ)"]
+    ptq = by_name["student (int8 PTQ TFLite, LiteRT)"]
     float_rank1, float_map = dynamic["rank1_per_seed"][0], dynamic["mAP_per_seed"][0]
     checks = {
         "dynamic >= constant (rank-1)": dynamic["rank1"] >= constant["rank1"],
@@ -151,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== LiteRT embedding latency (1 image, 1 thread) ==")
     teacher = keras.models.load_model(output / "teacher.keras", compile=False)
     teacher_tflite = to_tflite(embedding_model(teacher), "float32")
-    student_path = Path(
-        report["artifacts"].get("student_int8", report["artifacts"]["student_ptq_int8"])
-    )
+    student_path = Path(report["artifacts"]["student_tflite"])
     teacher_ms = tflite_latency(teacher_tflite, runs=args.latency_runs)
     student_ms = tflite_latency(student_path, runs=args.latency_runs)
     print(f"float32 teacher: {teacher_ms:.3f} ms, {len(teacher_tflite):,} bytes")
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 "student_int8": student_path.stat().st_size,
             },
             "recipe_seconds": recipe_seconds,
-            "int8_parity": report["int8_parity"],
+            "int8_parity": report["compression"]["export"]["parity"],
         },
     )
     print(f"\nwritten {output / 'benchmark.json'}")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pydantic
 from pydantic import Field
 
 from kd_keras import schedules
-from kd_keras.config import ConfigModel
+from kd_keras.config import ConfigError, ConfigModel
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 Backbone = Literal["resnet", "mobilenet"]
+ExportMode = Literal["float32", "float16", "dynamic", "int8"]
 
 
 class ModelSettings(ConfigModel):
@@ -56,6 +58,7 @@ class CompressSettings(ConfigModel):
 
     `prune_epochs` and `qat_epochs` are the fine-tuning budgets (`qat_epochs: 0` exports with
     post-training int8 instead); `calibration_images` training images set the int8 ranges.
+    `export` writes `student_<mode>.tflite`, measured in LiteRT (`null`: no file).
     """
 
     sparsity: float = Field(0.3, ge=0, lt=1)
@@ -63,6 +66,17 @@ class CompressSettings(ConfigModel):
     qat_epochs: int = Field(2, ge=0)
     learning_rate: float = Field(0.0005, gt=0)
     calibration_images: int = Field(64, ge=1)
+    export: ExportMode | None = "int8"
+
+    @pydantic.model_validator(mode="after")
+    def _check_export(self):
+        if self.qat_epochs > 0 and self.export not in ("int8", None):
+            raise ConfigError(
+                "compress.qat_epochs > 0 trains the student for int8 inference, so it exports as "
+                "int8. Use export=int8, or qat_epochs=0 for a float16/dynamic/float32 file. "
+                f"Received: qat_epochs={self.qat_epochs}, export={self.export!r}."
+            )
+        return self
 
 
 class TrackingSettings(ConfigModel):
@@ -74,12 +88,34 @@ class TrackingSettings(ConfigModel):
     register_as: str | None = None
 
 
+class RunConfig(ConfigModel):
+    """The keys `kd_keras.pipeline.run_pipeline` reads, the same in every recipe's config.
+
+    `teacher` is a saved `.keras` teacher (`null`: train one for `teacher_epochs`); every
+    student trains for `epochs` at `learning_rate`. A rerun in `output_dir` reuses the finished
+    stages (`restart: true` trains everything again). `latency_runs` LiteRT inferences time each
+    model.
+    """
+
+    data: str | None = None
+    teacher: str | None = None
+    teacher_epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1)
+    learning_rate: float = Field(0.001, gt=0)
+    latency_runs: int = Field(100, ge=1)
+    output_dir: str = "runs/kd"
+    restart: bool = False
+    tracking: TrackingSettings = TrackingSettings()
+
+
 __all__ = [
     "Backbone",
     "BackboneSettings",
     "CompressSettings",
     "DistillSettings",
+    "ExportMode",
     "ModelSettings",
+    "RunConfig",
     "ScheduleName",
     "TrackingSettings",
 ]

@@ -16,6 +16,7 @@ from typing import TypeVar
 import yaml
 
 from kd_keras import config as config_lib
+from kd_keras.report import format_table
 
 T = TypeVar("T")
 
@@ -82,24 +83,6 @@ def tracking_session(config, task: str):
     )
 
 
-def run_summary(record) -> dict:
-    """The part of a `RunRecord` that goes into the recipe's report."""
-    return {
-        "tracking_uri": record.tracking_uri,
-        "run_id": record.run_id,
-        "model_uri": record.model_uri,
-        "complete": record.complete,
-    }
-
-
-def print_tracking(report: Mapping) -> None:
-    tracked = report.get("mlflow")
-    if tracked:
-        model = f", model {tracked['model_uri']}" if tracked["model_uri"] else ""
-        state = "" if tracked["complete"] else " (incomplete: see the warning above)"
-        print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{model}{state}")
-
-
 def parse_and_run(parse_config, prepare, run, argv):
     """`(config, report)`, or `None` after printing why the run was refused or stopped.
 
@@ -122,6 +105,35 @@ def parse_and_run(parse_config, prepare, run, argv):
         return None
 
 
-def print_artifacts(output_dir, report: Mapping) -> None:
+def run_prepared(config, prepared) -> dict:
+    """Runs the shared stage sequence on `prepared`, recorded in MLflow unless tracking is off.
+
+    Stages finished by an earlier run in `output_dir` (with the same config) are reused; an
+    interrupted one resumes from its last finished epoch. The report is also written to
+    `output_dir/report.json`.
+    """
+    from kd_keras.pipeline import run_pipeline
+
+    return run_pipeline(prepared, config, tracking_session(config, prepared.task.name))
+
+
+def recipe_main(parse_config, prepare, run, argv, columns) -> int:
+    """Runs a recipe from the command line and prints its table; 2 when refused or stopped."""
+    outcome = parse_and_run(parse_config, prepare, run, argv)
+    if outcome is None:
+        return 2
+    config, report = outcome
+    print(format_table(report["rows"], columns))
+    for label, values in report["temperatures_per_epoch"].items():
+        if len(set(values)) > 1:
+            print(f"{label}: temperature per epoch {values}")
+    if report.get("skipped_annotations"):
+        print(f"\nskipped {report['skipped_annotations']} bad annotation(s) or image(s)")
     names = ["report.json", *(Path(p).name for p in report["artifacts"].values())]
-    print(f"\nartifacts in {output_dir}: {', '.join(dict.fromkeys(names))}")
+    print(f"\nartifacts in {config.output_dir}: {', '.join(dict.fromkeys(names))}")
+    tracked = report.get("mlflow")
+    if tracked:
+        model = f", model {tracked['model_uri']}" if tracked["model_uri"] else ""
+        state = "" if tracked["complete"] else " (incomplete: see the warning above)"
+        print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{model}{state}")
+    return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
@@ -312,3 +313,12 @@ def quantized_kernels(model: keras.Model) -> dict[str, tf.Tensor]:
                 if weight.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
                     kernels[layer.layer.name] = weight
     return kernels
+
+
+def kernel_sparsity(model: keras.Model) -> float:
+    """Fraction of zeros over the Conv/Dense kernels of a plain or quantization-aware model."""
+    kernels = quantized_kernels(model)
+    if not kernels:
+        return sparsity_report(model)["total"]
+    values = np.concatenate([kernel.numpy().reshape(-1) for kernel in kernels.values()])
+    return float(np.mean(values == 0))

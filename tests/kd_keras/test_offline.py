@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from classification.data import random_shift
 from kd_keras import Distiller, FeatureDistillation, LogitsDistillation, offline
-from kd_keras.data import random_shift
 from tests.helpers import tiny_classifier, tiny_data
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

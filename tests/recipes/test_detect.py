@@ -7,6 +7,7 @@ import tf_keras as keras
 
 from detection.evaluation import evaluate_detector
 from detection.litert import LiteRTDetector
+from detection.task import load_data
 from kd_keras import config as config_lib
 from recipes import detect
 
@@ -39,18 +40,19 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
         "teacher",
         "student (scratch)",
         "student (distilled)",
-        "student (distilled, int8 LiteRT)",
+        "student (pruned 30%, QAT)",
+        "student (int8 TFLite, LiteRT)",
     ]
     for row in rows.values():
         assert 0.0 <= row["AP"] <= 1.0 and 0.0 <= row["AP50"] <= 1.0
-    int8 = rows["student (distilled, int8 LiteRT)"]
+    int8 = rows["student (int8 TFLite, LiteRT)"]
     assert int8["latency_ms"] > 0 and rows["teacher"]["latency_ms"] > 0
     assert int8["size_bytes"] < rows["student (distilled)"]["size_bytes"]
     assert rows["student (distilled)"]["params"] == rows["student (scratch)"]["params"]
     assert report["compression"]["qat"] and report["compression"]["prune_sparsity"] > 0.1
     assert report["train_images"] == 16 and report["val_images"] == 6
     # The exported file re-scores to the reported AP in LiteRT.
-    val = detect.load_data(detect.parse_config(["--config", str(output / "config.yaml")]))[1]
+    val = load_data(detect.parse_config(["--config", str(output / "config.yaml")]))[1]
     again = evaluate_detector(LiteRTDetector(output / "student_int8.tflite"), val, (32, 32))
     assert again["AP"] == pytest.approx(int8["AP"], abs=1e-9)
     student = keras.models.load_model(output / "student.keras")
@@ -64,6 +66,7 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     assert run.data.metrics["tflite_AP"] == pytest.approx(int8["AP"])
     assert run.data.tags["task"] == "detection"
     assert client.get_metric_history(run.info.run_id, "distilled/loss")
+    assert client.get_metric_history(run.info.run_id, "qat/loss")
     version = client.get_model_version_by_alias("detect-student", "challenger")
     assert version.run_id == run.info.run_id
 

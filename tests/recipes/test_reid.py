@@ -48,21 +48,25 @@ def test_tiny_end_to_end_run(tmp_path):
         "student (scratch)",
         "student (KD constant T)",
         "student (KD dynamic T, exponential)",
-        "student (KD dynamic T, int8 PTQ)",
-        "student (KD dynamic T, pruned 30% + QAT, int8)",
+        "student (int8 PTQ TFLite, LiteRT)",
+        "student (pruned 30%, QAT)",
+        "student (int8 TFLite, LiteRT)",
     ]
     for row in rows.values():
         assert 0 <= row["rank1"] <= row["rank5"] <= 1 and 0 < row["mAP"] <= 1
-        assert row["valid_queries"] == 12 and row["latency_ms"] > 0 and row["size_bytes"] > 0
+        assert row["valid_queries"] == 12
+    for name, row in rows.items():
+        if name != "student (pruned 30%, QAT)":  # fake-quantized: its size is the .tflite's
+            assert row["latency_ms"] > 0 and row["size_bytes"] > 0, name
     assert rows["teacher"]["params"] > 2 * rows["student (scratch)"]["params"]
-    int8 = rows["student (KD dynamic T, pruned 30% + QAT, int8)"]
+    int8 = rows["student (int8 TFLite, LiteRT)"]
     assert int8["size_bytes"] < 0.75 * rows["student (KD dynamic T, exponential)"]["size_bytes"]
     temperatures = report["temperatures_per_epoch"]
     assert temperatures["KD constant T"] == [8.0, 8.0]
     dynamic = temperatures["KD dynamic T, exponential"]
     assert 1.0 < dynamic[1] < dynamic[0] < 8.0
     # The int8 embedding model in LiteRT reproduces the Keras QAT model's embeddings.
-    assert report["int8_parity"]["mean_cosine"] > 0.98
+    assert report["compression"]["export"]["parity"]["mean_cosine"] > 0.98
     # And the post-training int8 export reproduces the saved float student's embeddings.
     student = keras.models.load_model(output / "student.keras")
     images = np.stack(

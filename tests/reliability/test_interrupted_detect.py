@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kd_keras import config as config_lib
 from recipes import detect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +42,8 @@ STAGES = [
     ("teacher", "teacher", "teacher.keras"),
     ("scratch", "scratch", "student_scratch.keras"),
     ("student", "student", "student.keras"),
-    ("pruned", "student_pruned", "student_pruned.keras"),
-    ("int8", "student_qat", "student_int8.tflite"),
+    ("pruned", "pruned", "student_pruned.keras"),
+    ("qat", "qat", "student_qat.weights.h5"),
 ]
 
 
@@ -145,7 +146,7 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     from kd_keras.pipeline import RERUN_SAFE_KEYS
     from kd_keras.run_state import RunState
 
-    state = RunState(output, detect.config_lib.to_dict(config), ignore=RERUN_SAFE_KEYS)
+    state = RunState(output, config_lib.to_dict(config), ignore=RERUN_SAFE_KEYS)
     (output / "teacher.keras").write_bytes(b"stands for a finished teacher")
     state.finish("teacher", file=output / "teacher.keras", seconds=1.0)
 
@@ -156,7 +157,7 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     assert "student_model.width: 0.5 -> 0.75" in err and "--restart" in err
     assert (output / "teacher.keras").read_bytes() == b"stands for a finished teacher"
     # Tracking settings may change freely; --restart forgets the stages.
-    assert RunState(output, detect.config_lib.to_dict(config), RERUN_SAFE_KEYS).finished == [
+    assert RunState(output, config_lib.to_dict(config), RERUN_SAFE_KEYS).finished == [
         "teacher"
     ]
     restarted = detect.prepare(detect.parse_config([*changed, "--restart"]))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kd_keras.subset import ClassSubset, load_class_mapping, parse_classes, save_class_mapping
+from classification.subset import ClassSubset, load_class_mapping, parse_classes, save_class_mapping
 
 
 def test_select_keeps_subset_and_remaps_labels():

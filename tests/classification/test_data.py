@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kd_keras import data
+from classification import data
 
 
 def _folder(root, classes=("cat", "dog"), per_class=2, size=12):

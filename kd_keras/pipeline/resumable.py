@@ -1,4 +1,4 @@
-"""The stages every recipe runs, resumable: train or reuse, fit with a backup, keep a record.
+"""The stages of every run, resumable: train or reuse, fit with a backup, keep a record.
 
 A recipe is a sequence of stages (teacher, students, pruning, QAT, export) in one output folder.
 `reuse_or_train` runs a stage once: its model is saved and the stage recorded in the folder's
@@ -111,12 +111,20 @@ def reuse_or_train_weights(
 
 
 def training_record(seconds: float, history: Mapping[str, list]) -> dict:
-    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss."""
+    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss.
+
+    A distillation whose temperature moves (a `<term>_temperature` metric) also keeps the
+    temperature of each epoch, as `temperatures`.
+    """
     losses = history.get("loss") or [None]
-    return {
+    record = {
         "seconds": round(seconds, 1),
         "loss": None if losses[-1] is None else round(float(losses[-1]), 6),
     }
+    temperature = next((key for key in sorted(history) if key.endswith("_temperature")), None)
+    if temperature is not None:
+        record["temperatures"] = [round(float(t), 4) for t in history[temperature]]
+    return record
 
 
 def check_batch_size(batch_size: int, examples: int, what: str) -> None:

@@ -1,0 +1,117 @@
+"""`recipes.classify`'s config: the shared sections plus classification's own keys.
+
+`ClassifyConfig()` is the built-in digits run; `kd_keras.config.from_dict` validates a YAML file
+or overrides into it (unknown keys and out-of-range values are refused, naming the key).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+from kd_keras import config as config_lib
+from kd_keras import settings as shared
+
+
+class ModelSettings(shared.ModelSettings):
+    """The CNN classifier's size; `dropout` before its classifier."""
+
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class DistillSettings(shared.DistillSettings):
+    """How the student learns from the teacher.
+
+    `temperature` is the starting temperature; with a `schedule` other than constant it moves to
+    `final_temperature` over the whole training. The loss is
+    `student_loss_weight·CE + logits_weight·T²·KD` (Hinton et al. use 0.1 and 0.9).
+    `hint_weight > 0` adds a FitNet hint on the `features` layer.
+    """
+
+    student_loss_weight: float = Field(0.1, ge=0)
+    logits_weight: float = Field(0.9, ge=0)
+    loss: Literal["kl", "soft_ce"] = "kl"
+    hint_weight: float = Field(0.0, ge=0)
+    hint_loss: Literal["l2", "cross_entropy"] = "l2"
+
+
+class CompressSettings(shared.CompressSettings):
+    """How the distilled student becomes the file that ships.
+
+    `sparsity` is the final sparsity of every Conv/Dense kernel (0 = no pruning; `auto` = the
+    knee of the accuracy-vs-sparsity curve over `candidates`, after adaptive BN, or the highest
+    candidate within `max_drop` of the unpruned accuracy). Pruning ramps up along a polynomial
+    schedule during `prune_epochs` epochs of distillation from the teacher; `qat_epochs` of
+    quantization-aware distillation follow (sparsity-preserving after pruning; 0 = none).
+    `keep_dense` names layers left unpruned: by default the first conv, whose few weights
+    (3·3·channels per filter) carry most of the accuracy lost when pruning it. `int8_io` makes
+    an int8 file take and return int8 tensors.
+    """
+
+    sparsity: float | Literal["auto"] = 0.5
+    prune_epochs: int = Field(8, ge=1)
+    qat_epochs: int = Field(8, ge=0)
+    learning_rate: float = Field(0.001, gt=0)
+    calibration_images: int = Field(256, ge=1)
+    keep_dense: tuple[str, ...] = ("stage1_block1_conv",)
+    candidates: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    max_drop: float | None = Field(None, ge=0)
+    int8_io: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.sparsity != "auto":
+            config_lib.check(
+                0 <= self.sparsity < 1, "compress.sparsity", "in [0, 1) or auto", self.sparsity
+            )
+        config_lib.check(
+            len(self.candidates) >= 2 and all(0 < c < 1 for c in self.candidates),
+            "compress.candidates",
+            "to hold at least two sparsities in (0, 1)",
+            self.candidates,
+        )
+        if self.int8_io and self.export != "int8":
+            raise config_lib.ConfigError(
+                "compress.int8_io=true needs export=int8. "
+                f"Received: int8_io=True, export={self.export!r}."
+            )
+        return self
+
+
+class ClassifyConfig(shared.RunConfig):
+    """Everything `recipes.classify` does; defaults reproduce the built-in digits run.
+
+    `data` is an image folder (one subfolder per class) read at `image_size` with `channels`;
+    null means scikit-learn's digits.
+    """
+
+    image_size: int = Field(32, ge=8)
+    channels: Literal[1, 3] = 3
+    classes: tuple[int, ...] | None = None
+    offline: bool = False
+    augment: bool = False
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.002, gt=0)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    seed: int = 0
+    latency_runs: int = Field(200, ge=1)
+    output_dir: str = "runs/classify"
+    tracking: shared.TrackingSettings = shared.TrackingSettings(
+        experiment="kd-keras-classification", register_as="classify-student"
+    )
+    teacher_model: ModelSettings = ModelSettings(width=2.0, depth=1, dropout=0.3)
+    student_model: ModelSettings = ModelSettings(width=0.25, depth=1)
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.offline and self.augment:
+            raise config_lib.ConfigError(
+                "offline=true cannot be combined with augment=true: the cached teacher outputs "
+                "describe un-augmented images, so they would be stale. Drop one of them. "
+                "Received: offline=True, augment=True."
+            )
+        return self

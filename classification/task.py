@@ -1,0 +1,260 @@
+"""Image classification KD as a `kd_keras.pipeline.Task`: Hinton soft targets, hints, offline KD.
+
+`ClassificationTask(config)` loads the data (scikit-learn's digits or an image folder), and
+gives the pipeline CNN classifiers (`kd_keras.models.build_cnn_classifier`), cross-entropy,
+`LogitsDistillation` (+ a FitNet hint on `features`), top-1 accuracy in Keras and LiteRT, and
+the knee-of-the-curve sparsity choice (`compress.sparsity: auto`). With `classes` the student
+learns a subset of the teacher's classes; with `offline` it learns from cached teacher outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from classification import data as data_lib
+from classification.subset import ClassSubset, save_class_mapping
+from kd_keras import compress, export, offline
+from kd_keras.distiller import Distiller
+from kd_keras.models import build_cnn_classifier
+from kd_keras.pipeline import Stage, Student, Task, Training
+from kd_keras.terms import FeatureDistillation, LogitsDistillation
+
+
+class ClassificationTask(Task):
+    """Classification for the shared pipeline; `config` is a `ClassifyConfig`."""
+
+    name = "classification"
+    headline = "accuracy"
+    metric_keys = ("accuracy",)
+    columns = (
+        ("model", "model", ""),
+        ("accuracy", "accuracy", ".4f"),
+        ("params", "params", ","),
+        ("flops", "FLOPs", ","),
+        ("size_bytes", "size (bytes)", ","),
+        ("gzip_bytes", "gzip (bytes)", ","),
+        ("sparsity", "sparsity", ".2f"),
+        ("latency_ms", "LiteRT (ms)", ".4f"),
+        ("train_seconds", "train (s)", ".1f"),
+    )
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        if config.data is None:
+            dataset = data_lib.load_digits()
+        else:
+            dataset = data_lib.load_image_folder(config.data, config.image_size, config.channels)
+        self.train, self.test = dataset.split(config.test_fraction, config.seed)
+        self.subset = None
+        self.x_train, self.y_train = self.train.x, self.train.y
+        self.x_test, self.y_test = self.test.x, self.test.y
+        if config.classes is not None:
+            self.subset = ClassSubset(config.classes, tuple(self.train.class_names))
+            self.x_train, self.y_train = self.subset.select(self.train.x, self.train.y)
+            self.x_test, self.y_test = self.subset.select(self.test.x, self.test.y)
+            self._check_subset(self.train.num_classes)
+        self.augmentation = data_lib.random_shift(1, config.seed) if config.augment else None
+
+    # --- data and models ---
+
+    @property
+    def description(self) -> str:
+        return self.config.data or "sklearn digits (built-in)"
+
+    def summary(self) -> dict:
+        return {
+            "classes": None if self.subset is None else self.subset.to_json(),
+            "train_examples": int(len(self.x_train)),
+            "test_examples": int(len(self.x_test)),
+        }
+
+    def check_teacher(self, teacher: keras.Model, path: str) -> None:
+        expected = tuple(teacher.input_shape[1:])
+        if expected != self.train.input_shape:
+            raise ValueError(
+                f"The teacher expects inputs of shape {expected} but the data has "
+                f"{self.train.input_shape}. Set image_size/channels to match. "
+                f"Received: teacher={path}."
+            )
+        classes = teacher.output_shape[-1]
+        if self.subset is not None:
+            self._check_subset(classes)
+        elif classes != self.train.num_classes:
+            raise ValueError(
+                f"The teacher predicts {classes} classes but the data has "
+                f"{self.train.num_classes} ({', '.join(self.train.class_names)}). Pass --classes "
+                f"to distill a subset, or a teacher trained on these classes. "
+                f"Received: teacher={path}."
+            )
+
+    def _check_subset(self, teacher_classes: int) -> None:
+        if max(self.subset.class_indices) >= teacher_classes:
+            raise ValueError(
+                f"--classes asks for class {max(self.subset.class_indices)}, but the teacher has "
+                f"{teacher_classes} classes. Received: classes={list(self.config.classes)}."
+            )
+
+    def build(self, role: str, name: str) -> keras.Model:
+        size = self.config.teacher_model if role == "teacher" else self.config.student_model
+        classes = self.train.num_classes
+        if role == "student" and self.subset is not None:
+            classes = self.subset.num_classes
+        return build_cnn_classifier(
+            self.train.input_shape, classes, size.width, size.depth, dropout=size.dropout, name=name
+        )
+
+    def students(self) -> list[Student]:
+        seed = self.config.seed
+        return [
+            Student(
+                "scratch", "scratch", "student_scratch.keras", False, seed=seed, logged_as="scratch"
+            ),
+            Student(
+                "student",
+                "distilled",
+                "student.keras",
+                seed=seed,
+                ships=True,
+                logged_as="distilled",
+            ),
+        ]
+
+    # --- training ---
+
+    def _compile(self, model: keras.Model, learning_rate: float, loss: bool = True) -> None:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+
+    def _labelled(self, x: np.ndarray, y: np.ndarray, augment: bool = True):
+        augmentation = self.augmentation if augment else None
+        return data_lib.training_dataset(
+            x, y, self.config.batch_size, self.config.seed, augmentation
+        )
+
+    def plain(self, model: keras.Model, stage: Stage) -> Training:
+        self._compile(model, stage.learning_rate)
+        if stage.name == "teacher":  # the teacher learns every class
+            return Training(model, self._labelled(self.train.x, self.train.y))
+        return Training(model, self._labelled(self.x_train, self.y_train))
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        config, settings = self.config, self.config.distill
+        steps = stage.epochs * int(np.ceil(len(self.x_train) / config.batch_size))
+        terms = [
+            LogitsDistillation(
+                temperature=settings.temperature_schedule(steps),
+                loss=settings.loss,
+                teacher_class_indices=None if self.subset is None else self.subset.class_indices,
+                name="logits_kd",
+            )
+        ]
+        weights = [settings.logits_weight]
+        if settings.hint_weight > 0:
+            student_layer = compress.wrapped_layer_name(student, "features")
+            terms.append(
+                FeatureDistillation("features", student_layer, loss=settings.hint_loss, name="hint")
+            )
+            weights.append(settings.hint_weight)
+        if config.offline:
+            cache = offline.compute_teacher_outputs(teacher, self.x_train)
+            cache_dir = Path(config.output_dir) / "teacher_cache"
+            if not cache_dir.exists():
+                offline.save_teacher_cache(cache, cache_dir)
+            distiller = Distiller(
+                None,
+                student,
+                terms,
+                weights,
+                settings.student_loss_weight,
+                teacher_output_shape=cache.output_shape,
+            )
+            data = offline.offline_dataset(
+                self.x_train, self.y_train, cache, config.batch_size, seed=config.seed
+            )
+        else:
+            distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
+            data = self._labelled(self.x_train, self.y_train, augment=not stage.compressing)
+        self._compile(distiller, stage.learning_rate)
+        return Training(distiller, data)
+
+    # --- evaluation ---
+
+    def _accuracy(self, model: keras.Model, x, y, teacher: bool = False) -> float:
+        logits = model.predict(x, batch_size=256, verbose=0)
+        if teacher and self.subset is not None:
+            logits = logits[:, list(self.subset.class_indices)]
+        return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+    def evaluate(self, model: keras.Model) -> dict:
+        return {"accuracy": self._accuracy(model, self.x_test, self.y_test)}
+
+    def evaluate_teacher(self, teacher: keras.Model) -> dict:
+        return {"accuracy": self._accuracy(teacher, self.x_test, self.y_test, teacher=True)}
+
+    def evaluate_tflite(self, path: Path) -> dict:
+        return {"accuracy": export.evaluate_tflite(path, self.x_test, self.y_test)}
+
+    def parity(self, model: keras.Model, path: Path) -> dict:
+        return export.parity_report(model, path, self.x_test)
+
+    def parity_metric(self, parity) -> float:
+        return parity["top1_agreement"]
+
+    # --- compression ---
+
+    def sparsity(self, student: keras.Model, output: Path) -> tuple[float | None, dict]:
+        """`compress.sparsity`, or with `auto` the knee of the one-shot accuracy curve.
+
+        The curve prunes at each candidate, adapts BN on 4 training batches and scores on the
+        training examples: the test set stays untouched for the final report.
+        """
+        settings, batch = self.config.compress, self.config.batch_size
+        if settings.sparsity != "auto":
+            return (settings.sparsity or None), {}
+        calibration = [
+            self.x_train[i : i + batch] for i in range(0, min(len(self.x_train), 4 * batch), batch)
+        ]
+        sparsities, accuracies = compress.sparsity_curve(
+            student,
+            settings.candidates,
+            lambda model: self._accuracy(model, self.x_train, self.y_train),
+            calibration,
+        )
+        curve = compress.choose_sparsity(sparsities, accuracies, settings.max_drop)
+        files = {
+            f"sparsity_curve_{k}": str(v) for k, v in compress.save_curve(curve, output).items()
+        }
+        return (curve.chosen or None), {"sparsity_curve": curve.as_dict(), "artifacts": files}
+
+    def prune(self, student: keras.Model, sparsity: float) -> keras.Model:
+        """Polynomial ramp over the first 60% of fine-tuning; the rest recovers at full sparsity."""
+        settings = self.config.compress
+        steps_per_epoch = int(np.ceil(len(self.x_train) / self.config.batch_size))
+        frequency = max(1, int(0.6 * settings.prune_epochs * steps_per_epoch) // 10)
+        return compress.prune(
+            student,
+            sparsity,
+            "polynomial",
+            end_step=10 * frequency,
+            frequency=frequency,
+            exclude=settings.keep_dense,
+        )
+
+    def calibration_images(self) -> np.ndarray:
+        return self.x_train[: self.config.compress.calibration_images]
+
+    # --- report ---
+
+    def input_example(self) -> np.ndarray:
+        return self.x_test[:2]
+
+    def artifacts(self, output: Path, student_path: Path) -> dict[str, str]:
+        if self.subset is None:
+            return {}
+        return {"class_mapping": str(save_class_mapping(student_path, self.subset))}

@@ -1,0 +1,125 @@
+"""`recipes.detect`'s config: the shared sections plus detection's own keys.
+
+`DetectConfig()` is the built-in shapes run; `kd_keras.config.from_dict` validates a YAML file
+or overrides into it (unknown keys and out-of-range values are refused, naming the key).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+from detection.centernet.centernet_distiller import centernet_distillation_terms
+from kd_keras import config as config_lib
+from kd_keras import settings as shared
+
+
+class DistillSettings(shared.DistillSettings):
+    """Detection KD components; a weight of 0 switches a component off.
+
+    `temperature` softens the heatmap logits of both networks (T² scale); with a `schedule` other
+    than constant it moves to `final_temperature` over training. `positive_retaining` keeps the
+    labelled centres (and, with `core_threshold`, the Gaussian cores) as hard positives. Box KD
+    (`size_weight`, `offset_weight`) is off by default: it gave no reliable gain in the built-in
+    ablation.
+    """
+
+    temperature: float = Field(2.0, gt=0)
+    heatmap_weight: float = Field(0.005, ge=0)
+    positive_retaining: bool = True
+    core_threshold: float | None = Field(None, gt=0, le=1)
+    size_weight: float = Field(0.0, ge=0)
+    offset_weight: float = Field(0.0, ge=0)
+    box_region: Literal["gaussian", "centres"] = "gaussian"
+    hint_weight: float = Field(0.5, ge=0)
+    hint_object_weight: float = 1.0
+
+    def terms(self, total_steps: int, student_layer_name=None, only: str | None = None):
+        """The KD terms and weights; `only` trains one component (`heatmap`, `box` or `hint`)."""
+        weights = {
+            "heatmap_weight": self.heatmap_weight,
+            "size_weight": self.size_weight,
+            "offset_weight": self.offset_weight,
+            "hint_weight": self.hint_weight,
+        }
+        if only is not None:
+            # One component alone, at its configured weight or, when it is off, a standard one.
+            keep = {"heatmap": ("heatmap_weight",), "box": ("size_weight", "offset_weight")}
+            keep["hint"] = ("hint_weight",)
+            standard = {"heatmap_weight": 0.005, "size_weight": 0.1, "offset_weight": 1.0}
+            standard["hint_weight"] = 0.5
+            weights = {
+                k: ((v or standard[k]) if k in keep[only] else 0.0) for k, v in weights.items()
+            }
+        return centernet_distillation_terms(
+            temperature=self.temperature_schedule(total_steps),
+            positive_retaining=self.positive_retaining,
+            core_threshold=self.core_threshold,
+            box_region=self.box_region,
+            hint_object_weight=self.hint_object_weight,
+            student_layer_name=student_layer_name,
+            **weights,
+        )
+
+
+class CompressSettings(shared.CompressSettings):
+    """Pruning (skipped at sparsity 0) then QAT (skipped at 0 epochs), both while distilling.
+
+    QAT starts from activation ranges calibrated on `calibration_images` training images (TF-MOT's
+    own start, [-6, 6] moved 0.1% per step, would clip the box sizes for the whole short run);
+    with `qat_epochs: 0` the same images calibrate post-training full-int8 instead.
+    """
+
+
+class DetectConfig(shared.RunConfig):
+    """Everything `recipes.detect` does; defaults reproduce the built-in run.
+
+    `data` + `annotations` are a COCO images folder and instances JSON (null: the built-in
+    shapes, `builtin_train` + `builtin_val` images written to `builtin_dir`).
+    """
+
+    annotations: str | None = None
+    val_data: str | None = None
+    val_annotations: str | None = None
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    on_bad_annotations: Literal["raise", "skip"] = "raise"
+    builtin_dir: str = "runs/detect_data/shapes"
+    builtin_train: int = Field(480, ge=1)
+    builtin_val: int = Field(120, ge=1)
+    image_size: int = 128
+    augment: bool = True
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(0.004, gt=0)
+    seed: int = 0
+    ablation: bool = False
+    latency_runs: int = Field(100, ge=1)
+    output_dir: str = "runs/detect"
+    tracking: shared.TrackingSettings = shared.TrackingSettings(
+        experiment="kd-keras-detection", register_as="detect-student"
+    )
+    teacher_model: shared.BackboneSettings = shared.BackboneSettings(width=1.0, depth=2)
+    student_model: shared.BackboneSettings = shared.BackboneSettings(width=0.5, depth=1)
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        config_lib.check(
+            self.image_size >= 32 and self.image_size % 16 == 0,
+            "image_size",
+            "a multiple of 16, at least 32",
+            self.image_size,
+        )
+        if (self.data is None) != (self.annotations is None):
+            raise config_lib.ConfigError(
+                "A real dataset needs both --data DIR (images) and --annotations FILE (COCO "
+                f"JSON). Received: data={self.data!r}, annotations={self.annotations!r}."
+            )
+        if (self.val_data is None) != (self.val_annotations is None):
+            raise config_lib.ConfigError(
+                "A validation set needs both val_data and val_annotations. Received: "
+                f"val_data={self.val_data!r}, val_annotations={self.val_annotations!r}."
+            )
+        return self

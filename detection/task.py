@@ -1,0 +1,234 @@
+"""Keypoint (CenterNet-style) detection KD as a `kd_keras.pipeline.Task`.
+
+`DetectionTask(config)` loads a COCO dataset (the built-in shapes on photos, generated on first
+use, or the user's images and instances JSON) and gives the pipeline CenterNet models, the
+focal + box losses, the heatmap / box / hint KD terms (`CenterNetDistiller`), COCOeval AP in
+Keras and LiteRT, and pictures of each model's detections for MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from detection.centernet import CenterNetLoss, build_centernet
+from detection.centernet.centernet_distiller import (
+    CenterNetDistiller,
+)
+from detection.data import (
+    CocoDataset,
+    DatasetError,
+    detection_dataset,
+    ensure_shapes_dataset,
+    load_coco_dataset,
+    load_images,
+)
+from detection.evaluation import evaluate_detector, keras_predictor
+from detection.litert import LiteRTDetector
+from detection.visualize import detection_pictures
+from kd_keras import compress
+from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size
+
+ABLATION = ("heatmap", "box", "hint")
+
+
+def load_data(config) -> tuple[CocoDataset, CocoDataset, str]:
+    """Train and validation sets (generating the built-in one if needed) and a description."""
+    on_error = config.on_bad_annotations
+    if config.data is None:
+        paths = ensure_shapes_dataset(
+            config.builtin_dir,
+            num_train=config.builtin_train,
+            num_val=config.builtin_val,
+            image_size=config.image_size,
+            seed=0,
+        )
+        train = load_coco_dataset(*paths["train"], on_error=on_error)
+        val = load_coco_dataset(*paths["val"], on_error=on_error)
+        return train, val, f"built-in shapes on photos ({config.builtin_dir})"
+    train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
+    if config.val_data is not None:
+        val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)
+        val = val.aligned_to(train)  # class index i means the same category in both
+    else:
+        train, val = _split(train, config.val_fraction, config.seed)
+    if val.num_boxes == 0:
+        raise DatasetError(
+            f"The validation split ({len(val)} images) has no boxes, so AP is undefined. Pass "
+            "val_data/val_annotations with labelled images, or raise val_fraction. "
+            f"Received: val_fraction={config.val_fraction}."
+        )
+    return train, val, f"{config.data} ({config.annotations})"
+
+
+def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDataset, CocoDataset]:
+    """Splits images (not boxes) at random into train and validation sets."""
+    order = np.random.default_rng(seed).permutation(len(dataset.records))
+    count = max(1, int(round(len(order) * fraction)))
+    return dataset.select(sorted(order[count:])), dataset.select(sorted(order[:count]))
+
+
+class DetectionTask(Task):
+    """Detection for the shared pipeline; `config` is a `detection.config.DetectConfig`."""
+
+    name = "detection"
+    headline = "AP"
+    metric_keys = ("AP", "AP50")
+    columns = (
+        ("model", "model", ""),
+        ("AP", "AP", ".3f"),
+        ("AP50", "AP50", ".3f"),
+        ("AP75", "AP75", ".3f"),
+        ("params", "params", ","),
+        ("flops", "FLOPs", ","),
+        ("size_bytes", "size (bytes)", ","),
+        ("latency_ms", "LiteRT (ms)", ".2f"),
+        ("train_seconds", "train (s)", ".0f"),
+    )
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.train, self.val, self._description = load_data(config)
+        check_batch_size(config.batch_size, len(self.train), "training images")
+        self.size = (config.image_size, config.image_size)
+        self.val_images = load_images(self.val, self.size)
+        self.steps_per_epoch = max(1, len(self.train) // config.batch_size)
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    def summary(self) -> dict:
+        return {
+            "classes": list(self.train.class_names),
+            "train_images": len(self.train),
+            "val_images": len(self.val),
+            "skipped_annotations": len(self.train.issues) + len(self.val.issues),
+        }
+
+    def check_teacher(self, teacher: keras.Model, path: str) -> None:
+        expected = (*self.size, 3)
+        names = [layer.name for layer in teacher.layers]
+        if tuple(teacher.input_shape[1:]) != expected or "heatmap" not in names:
+            raise ValueError(
+                f"Expected a CenterNet teacher (detection.centernet.build_centernet) with input "
+                f"{expected}. Set image_size to match. Received: teacher={path} with input "
+                f"{tuple(teacher.input_shape[1:])}."
+            )
+        classes = teacher.get_layer("heatmap").output.shape[-1]
+        if classes != self.train.num_classes:
+            raise ValueError(
+                f"The teacher predicts {classes} classes but the data has "
+                f"{self.train.num_classes}. Received: teacher={path}."
+            )
+
+    def build(self, role: str, name: str) -> keras.Model:
+        size = self.config.teacher_model if role == "teacher" else self.config.student_model
+        return build_centernet(
+            (*self.size, 3),
+            self.train.num_classes,
+            size.backbone,
+            size.width,
+            size.depth,
+            name=name,
+        )
+
+    def students(self) -> list[Student]:
+        seed = self.config.seed
+        scratch = Student(
+            "scratch", "scratch", "student_scratch.keras", False, seed=seed, logged_as="scratch"
+        )
+        ablation = [
+            Student(
+                f"student_{only}", f"{only} KD only", f"student_{only}.keras", kd=only, seed=seed
+            )
+            for only in (ABLATION if self.config.ablation else ())
+        ]
+        distilled = Student(
+            "student", "distilled", "student.keras", seed=seed, ships=True, logged_as="distilled"
+        )
+        return [scratch, *ablation, distilled]
+
+    # --- training ---
+
+    def _data(self):
+        # A new dataset per training: every student sees the same batches in the same order.
+        config = self.config
+        return detection_dataset(
+            self.train,
+            self.size,
+            config.batch_size,
+            training=True,
+            augment=config.augment,
+            seed=config.seed,
+        )
+
+    def _decaying(self, learning_rate: float, epochs: int) -> keras.optimizers.Optimizer:
+        steps = max(1, epochs * self.steps_per_epoch)
+        decay = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+        return keras.optimizers.Adam(decay)
+
+    def plain(self, model: keras.Model, stage: Stage) -> Training:
+        losses, weights = CenterNetLoss().per_head_losses()
+        optimizer = self._decaying(stage.learning_rate, stage.epochs)
+        model.compile(optimizer, losses, loss_weights=weights)
+        return Training(model, self._data())
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        """Decaying learning rate for the students, constant while compressing."""
+        settings = self.config.distill
+        rename = None
+        if compress.is_pruned(student) or compress.is_quantize_aware(student):
+
+            def rename(name):
+                return compress.wrapped_layer_name(student, name)
+
+        steps = stage.epochs * self.steps_per_epoch
+        terms, weights = settings.terms(steps, rename, stage.kd)
+        distiller = CenterNetDistiller(
+            teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
+        )
+        if stage.compressing:
+            distiller.compile(keras.optimizers.Adam(stage.learning_rate))
+        else:
+            distiller.compile(self._decaying(stage.learning_rate, stage.epochs))
+        return Training(distiller, self._data())
+
+    # --- evaluation ---
+
+    def _evaluate(self, predictor) -> dict:
+        return evaluate_detector(predictor, self.val, self.size, images=self.val_images)
+
+    def evaluate(self, model: keras.Model) -> dict:
+        return self._evaluate(keras_predictor(model))
+
+    def evaluate_tflite(self, path: Path) -> dict:
+        return self._evaluate(LiteRTDetector(path))
+
+    # --- compression ---
+
+    def prune(self, student: keras.Model, sparsity: float) -> keras.Model:
+        """Constant sparsity; masks update every few steps, at least twice an epoch."""
+        frequency = max(1, min(10, self.steps_per_epoch // 2))
+        return compress.prune(student, sparsity, frequency=frequency)
+
+    def calibration_images(self) -> np.ndarray:
+        # Activation ranges from training images (not the validation set).
+        subset = self.train.subset(self.config.compress.calibration_images)
+        return load_images(subset, self.size) / 255.0
+
+    # --- report ---
+
+    def input_example(self) -> np.ndarray:
+        return (self.val_images[:1] / 255.0).astype(np.float32)
+
+    def pictures(self, folder: Path, models) -> dict[str, Path]:
+        predictors = {
+            "teacher": keras_predictor(models["teacher"]),
+            "student": keras_predictor(models["student"]),
+        }
+        if models.get("tflite"):
+            predictors["int8"] = LiteRTDetector(models["tflite"])
+        return detection_pictures(folder, predictors, self.val, self.val_images, self.size)

@@ -1,0 +1,391 @@
+"""The stage sequence every task runs, once: teacher, students, compression, export, record.
+
+    teacher (given or trained) -> students on the same budget (scratch, distilled, ...)
+      -> prune + QAT the shipped student while distilling -> TFLite -> LiteRT evaluation
+      -> report.json -> MLflow run and registered model
+
+Every training is a resumable stage of the output folder's `RunState`; a `Task` supplies the
+models, losses, data and metrics. The report is on disk before MLflow is contacted, so a store
+failure never costs the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+import yaml
+
+from kd_keras import compress
+from kd_keras import config as config_lib
+from kd_keras.export import io_json_path, tflite_latency, tflite_size, to_tflite
+from kd_keras.io import atomic_write_bytes, atomic_write_json
+from kd_keras.models import load_model_file
+from kd_keras.pipeline.resumable import (
+    fit_resumable,
+    reuse_or_train,
+    reuse_or_train_weights,
+    run_state,
+    training_record,
+)
+from kd_keras.pipeline.task import Stage, Student, Task, Training
+from kd_keras.profile import profile_model
+from kd_keras.run_state import RunState
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What `prepare` checked before any training: the task's data, a given teacher, the folder."""
+
+    task: Task
+    teacher: keras.Model | None
+    state: RunState
+
+
+def prepare(task: Task, config) -> Prepared:
+    """Loads and checks a given teacher (`config.teacher`) and the output folder's state."""
+    teacher = None
+    if config.teacher:
+        teacher = load_model_file(config.teacher, option="teacher")
+        task.check_teacher(teacher, config.teacher)
+    return Prepared(task, teacher, run_state(config))
+
+
+def run_pipeline(prepared: Prepared, config, session=None) -> dict:
+    """Runs every stage (reusing those finished in `config.output_dir`); returns the report.
+
+    `session` is the MLflow `RunSession` that records the run, or `None` for none. The report
+    is also written to `<output_dir>/report.json`.
+    """
+    return _Run(prepared, config, session).run()
+
+
+class _Run:
+    def __init__(self, prepared: Prepared, config, session) -> None:
+        self.task, self.state, self.config = prepared.task, prepared.state, config
+        self.given_teacher = prepared.teacher
+        self.session = session
+        self.output = Path(config.output_dir)
+        self.artifacts: dict[str, str] = {}
+        self._calibration: np.ndarray | None = None
+
+    def run(self) -> dict:
+        config, output = self.config, self.output
+        keras.utils.set_random_seed(config.seed)
+        output.mkdir(parents=True, exist_ok=True)
+        config_text = yaml.safe_dump(config_lib.to_dict(config))
+        atomic_write_bytes(output / "config.yaml", config_text.encode())
+
+        teacher, teacher_row = self.teacher()
+        rows, shipped, temperatures, seed_runs = self.students(teacher)
+        rows = [teacher_row, *rows]
+        spec, student = shipped
+        keras.utils.set_random_seed(config.seed + 2)
+        compressed_rows, compression = self.compress(teacher, student)
+        rows += compressed_rows
+
+        report = {
+            "task": self.task.name,
+            "data": self.task.description,
+            **self.task.summary(),
+            "rows": rows,
+            **({"seed_runs": seed_runs} if seed_runs else {}),
+            "temperatures_per_epoch": temperatures,
+            "compression": compression,
+            "reused_stages": self.state.reused,
+            "artifacts": self.artifacts,
+        }
+        atomic_write_json(output / "report.json", report)
+        if self.session is not None:
+            report["mlflow"] = self.record(report, teacher, spec, student)
+            atomic_write_json(output / "report.json", report)
+        return report
+
+    # --- stages ---
+
+    def fit(self, training: Training, stage: Stage, logged_as: str | None, callbacks=()) -> dict:
+        if self.session is not None and logged_as is not None:
+            callbacks = [*callbacks, self.session.callback(logged_as)]
+        seconds, history = fit_resumable(
+            training.model,
+            training.data,
+            stage.epochs,
+            self.output / "checkpoints" / stage.name,
+            callbacks,
+            training.steps_per_epoch,
+            stage=stage.name,
+        )
+        return training_record(seconds, history)
+
+    def teacher(self) -> tuple[keras.Model, dict]:
+        config, task = self.config, self.task
+        teacher, trained = self.given_teacher, None
+        if teacher is None:
+            stage = Stage("teacher", config.teacher_epochs, config.learning_rate, seed=config.seed)
+
+            def train():
+                keras.utils.set_random_seed(config.seed)
+                model = task.build("teacher", "teacher")
+                return model, self.fit(task.plain(model, stage), stage, "teacher")
+
+            path = self.output / "teacher.keras"
+            teacher, trained = reuse_or_train(self.state, "teacher", path, train)
+        self.artifacts["teacher"] = str(config.teacher or self.output / "teacher.keras")
+        tflite = self.output / "teacher_float32.tflite"
+        to_tflite(task.deployable(teacher), "float32", path=tflite)
+        self.artifacts["teacher_tflite"] = str(tflite)
+        row = self.keras_row("teacher", teacher, trained, task.evaluate_teacher(teacher))
+        row["latency_ms"] = tflite_latency(tflite, runs=config.latency_runs)
+        return teacher, row
+
+    def students(self, teacher):
+        """Rows of the tabled students, the shipped `(spec, model)`, temperatures, seed runs."""
+        config, task = self.config, self.task
+        rows, runs, temperatures, shipped = [], [], {}, None
+        for spec in task.students():
+            stage = Stage(
+                spec.stage, config.epochs, config.learning_rate, seed=spec.seed + 1, kd=spec.kd
+            )
+
+            def train(spec: Student = spec, stage: Stage = stage):
+                keras.utils.set_random_seed(spec.seed + 1)
+                model = task.build("student", Path(spec.file).stem)
+                training = (
+                    task.distilled(teacher, model, stage)
+                    if spec.distilled
+                    else task.plain(model, stage)
+                )
+                return model, self.fit(training, stage, spec.logged_as)
+
+            path = self.output / spec.file
+            model, trained = reuse_or_train(self.state, spec.stage, path, train)
+            label = f"student ({spec.label})"
+            row = self.keras_row(label, model, trained, task.evaluate(model))
+            runs.append({"seed": spec.seed, **row})
+            if spec.tabled:
+                flatbuffer = to_tflite(task.deployable(model), "float32")
+                row["latency_ms"] = tflite_latency(flatbuffer, runs=config.latency_runs)
+                rows.append(row)
+                self.artifacts[Path(spec.file).stem] = str(path)
+                if "temperatures" in trained:
+                    temperatures[spec.label] = trained["temperatures"]
+            if spec.ships:
+                shipped = (spec, model)
+                self.artifacts["student"] = str(path)
+                self.artifacts.update(task.artifacts(self.output, path))
+        if shipped is None:
+            raise ValueError(f"{type(task).__name__}.students() names no student that ships.")
+        if len(runs) == len(rows):
+            return rows, shipped, temperatures, []
+        return _with_seed_means(rows, runs, task.metric_keys), shipped, temperatures, runs
+
+    def compress(self, teacher, student) -> tuple[list[dict], dict]:
+        """Prune and/or QAT the shipped student while distilling, then export and measure it.
+
+        Pruning and QAT are stages: the pruned student is saved as `student_pruned.keras`, the
+        QAT weights as `student_qat.weights.h5`; the `.tflite` is exported again on every run.
+        """
+        config, task, settings = self.config, self.task, self.config.compress
+        base = task.before_compression(student)
+        rows, details = [], {"prune_sparsity": 0.0, "qat": False}
+        mode = settings.export
+        if task.ptq_reference and mode is not None:
+            path = self.output / "student_ptq_int8.tflite"
+            images = self.calibration_images()
+            to_tflite(task.deployable(base), "int8", representative_data=images, path=path)
+            self.artifacts["student_ptq_int8"] = str(path)
+            rows.append(self.tflite_row("student (int8 PTQ TFLite, LiteRT)", path, base, None))
+        sparsity, chosen = task.sparsity(base, self.output)
+        self.artifacts.update(chosen.pop("artifacts", {}))
+        details.update(chosen)
+        model, parts, seconds = base, [], 0.0
+        if sparsity is not None:
+            stage = Stage(
+                "pruned",
+                settings.prune_epochs,
+                settings.learning_rate,
+                seed=config.seed + 100,
+                compressing=True,
+            )
+
+            def prune():
+                pruned = task.prune(base, sparsity)
+                training = task.distilled(teacher, pruned, stage)
+                record = self.fit(training, stage, "pruned", [compress.UpdatePruningStep()])
+                return compress.strip(pruned), record
+
+            path = self.output / "student_pruned.keras"
+            model, trained = reuse_or_train(self.state, "pruned", path, prune)
+            seconds += trained["seconds"]
+            details["sparsity"] = compress.sparsity_report(model)
+            details["prune_sparsity"] = round(details["sparsity"]["total"], 4)
+            parts.append(f"pruned {sparsity:.0%}")
+        if settings.qat_epochs > 0:
+            stage = Stage(
+                "qat",
+                settings.qat_epochs,
+                settings.learning_rate,
+                seed=config.seed + 101,
+                compressing=True,
+            )
+            qat = compress.quantize_aware(
+                model,
+                preserve_sparsity=sparsity is not None,
+                calibration_data=np.array_split(self.calibration_images(), 8),
+            )
+
+            def fine_tune() -> dict:
+                return self.fit(task.distilled(teacher, qat, stage), stage, "qat")
+
+            path = self.output / "student_qat.weights.h5"
+            trained = reuse_or_train_weights(self.state, "qat", qat, path, fine_tune)
+            seconds += trained["seconds"]
+            details.update(qat=True, qat_loss=trained["loss"])
+            model = qat
+            parts.append("QAT")
+        details["seconds"] = round(seconds, 1)
+        if parts:
+            row = self.keras_row(
+                f"student ({', '.join(parts)})", base, {"seconds": seconds}, task.evaluate(model)
+            )
+            row["sparsity"] = compress.kernel_sparsity(model)
+            row["size_bytes"] = (
+                None  # fake-quantized Keras model: its deployable size is the .tflite
+            )
+            rows.append(row)
+        if mode is not None:
+            rows.append(self.export(model, base, mode, seconds, details))
+        return rows, details
+
+    def export(self, model, base, mode: str, seconds: float, details: dict) -> dict:
+        """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""
+        task = self.task
+        path = self.output / f"student_{mode}.tflite"
+        deployable = task.deployable(model)
+        calibrate = mode == "int8" and not compress.is_quantize_aware(model)
+        to_tflite(
+            deployable,
+            mode,
+            # Calibration images go through the training preprocessing (no augmentation).
+            representative_data=self.calibration_images() if calibrate else None,
+            int8_io=getattr(self.config.compress, "int8_io", False),
+            path=path,
+        )
+        details["export"] = {
+            "mode": mode,
+            "io": json.loads(io_json_path(path).read_text()),
+            "parity": task.parity(deployable, path),
+        }
+        self.artifacts["student_tflite"] = str(path)
+        self.artifacts["student_tflite_io"] = str(io_json_path(path))
+        row = self.tflite_row(f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1))
+        row["sparsity"] = compress.kernel_sparsity(model)
+        return row
+
+    def calibration_images(self) -> np.ndarray:
+        if self._calibration is None:
+            self._calibration = self.task.calibration_images()
+        return self._calibration
+
+    # --- rows and record ---
+
+    def keras_row(self, label: str, model, trained: dict | None, metrics: dict) -> dict:
+        """A table row: `metrics`, and the cost of the float `model` (what it ships as)."""
+        profile = profile_model(self.task.deployable(model))
+        trained = trained or {}
+        return {
+            "model": label,
+            **metrics,
+            "params": profile.params,
+            "flops": profile.flops,
+            "size_bytes": profile.size_bytes,
+            "train_seconds": trained.get("seconds"),
+            "train_loss": trained.get("loss"),
+            "runtime": "keras",
+        }
+
+    def tflite_row(self, label: str, path: Path, base, seconds: float | None) -> dict:
+        """A `.tflite` file's row: LiteRT metrics, file size and latency; `base`'s params."""
+        profile = profile_model(self.task.deployable(base))
+        size = tflite_size(path)
+        return {
+            "model": label,
+            **self.task.evaluate_tflite(path),
+            "params": profile.params,
+            "flops": profile.flops,
+            "size_bytes": size["bytes"],
+            "gzip_bytes": size["gzip_bytes"],
+            "latency_ms": tflite_latency(path, runs=self.config.latency_runs),
+            "train_seconds": seconds,
+            "runtime": "litert",
+        }
+
+    def record(self, report: dict, teacher, spec: Student, student) -> dict:
+        """Logs the finished run, registers the shipped `.tflite`; never raises on store errors."""
+        from kd_keras import tracking
+
+        config, task = self.config, self.task
+        tflite = self.artifacts.get("student_tflite")
+        shipped_row = report["rows"][-1] if tflite else {}
+        exported = report["compression"].get("export") or {}
+        metrics = {key: shipped_row.get(key) for key in (*task.metric_keys, "latency_ms")}
+        if exported.get("parity"):
+            metrics["parity"] = task.parity_metric(exported["parity"])
+        calibration = None
+        if exported.get("mode") == "int8":
+            calibration = {
+                "dataset": report["data"],
+                "split": task.calibration_split,
+                "examples": int(len(self.calibration_images())),
+                "preprocessing": "same as training, no augmentation",
+                "quantize_aware": bool(report["compression"]["qat"]),
+            }
+        stage = Stage(spec.stage, config.epochs, config.learning_rate, spec.seed + 1, spec.kd)
+        distiller = task.distilled(teacher, student, stage).model
+        models = {"teacher": teacher, "student": student, "tflite": tflite}
+        try:
+            pictures = task.pictures(self.output / "pictures", models)
+        except Exception as error:  # noqa: BLE001 - a picture never costs the run
+            warnings.warn(f"Pictures not drawn: {error}", stacklevel=2)
+            pictures = {}
+        record = self.session.finish(
+            config_lib.to_dict(config),
+            {key: value for key, value in report.items() if key != "seed_runs"},
+            {**self.artifacts, "config": self.output / "config.yaml"},
+            tflite_path=tflite,
+            register_as=config.tracking.register_as if tflite else None,
+            input_example=task.input_example(),
+            calibration=calibration,
+            tflite_metrics={key: value for key, value in metrics.items() if value is not None},
+            params={"distiller": tracking.describe_distiller(distiller)},
+            headline=task.headline,
+            images=pictures,
+        )
+        return {
+            "tracking_uri": record.tracking_uri,
+            "run_id": record.run_id,
+            "model_uri": record.model_uri,
+            "complete": record.complete,
+        }
+
+
+def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
+    """Student rows get the mean and standard deviation of `keys` over their seeds."""
+    result = []
+    for row in rows:
+        seeds = [run for run in runs if run["model"] == row["model"]]
+        if len(seeds) > 1:
+            row = dict(row)
+            for key in keys:
+                values = np.array([run[key] for run in seeds], dtype=float)
+                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+            row["seeds"] = len(seeds)
+        result.append(row)
+    return result
+
+
+__all__ = ["Prepared", "prepare", "run_pipeline"]

@@ -1,0 +1,200 @@
+"""What a task tells the shared stage sequence: its models, losses, data, metrics and runtime.
+
+`kd_keras.pipeline.run_pipeline` trains a teacher, students on the same budget, compresses and
+exports one of them and records the run, whatever the task. A `Task` fills in the task-specific
+parts; `classification`, `detection` and `reid` each have one. Nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tf_keras as keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training in the sequence, as the task sees it when setting it up.
+
+    Attributes:
+        name: the run-state stage and checkpoint folder (`teacher`, `scratch`, `pruned`, ...).
+        epochs: epochs to train.
+        learning_rate: the peak learning rate (`compress.learning_rate` while compressing).
+        seed: seeds the data order of tasks that sample per stage.
+        kd: the task's choice of KD terms for this student (`None`: its default terms).
+        compressing: the student is being pruned or trained quantization-aware.
+    """
+
+    name: str
+    epochs: int
+    learning_rate: float
+    seed: int = 0
+    kd: Any = None
+    compressing: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """A student trained on the same budget as the others: from scratch or distilled.
+
+    Attributes:
+        stage: the run-state stage and checkpoint folder.
+        label: the table row is `student (<label>)`.
+        file: where the trained model is saved, relative to the output folder.
+        distilled: learn from the teacher (`False`: the task loss alone).
+        kd: passed to the task as `Stage.kd`.
+        seed: initial weights (and the data order of tasks that sample per stage).
+        ships: the student that is compressed, exported and registered (exactly one).
+        tabled: a row in the table; a `False` student (another seed) only counts in the
+            seed means.
+        logged_as: MLflow metric prefix of its training (`None`: not logged).
+    """
+
+    stage: str
+    label: str
+    file: str
+    distilled: bool = True
+    kd: Any = None
+    seed: int = 0
+    ships: bool = False
+    tabled: bool = True
+    logged_as: str | None = None
+
+
+@dataclasses.dataclass
+class Training:
+    """A compiled model (plain or `Distiller`) and the data to fit it on."""
+
+    model: keras.Model
+    data: Any
+    steps_per_epoch: int | None = None
+
+
+class Task(abc.ABC):
+    """The task-specific half of a recipe; the config is the recipe's, validated.
+
+    The config must have the shared keys read by `run_pipeline` (`output_dir`, `seed`,
+    `teacher`, `teacher_epochs`, `epochs`, `learning_rate`, `latency_runs`, `tracking`,
+    `distill`, `compress`). A task loads and checks its data when it is built, so every data
+    error is raised before training.
+    """
+
+    #: `report["task"]` and the MLflow task tag.
+    name: str
+    #: the row key plotted against size and gated on at promotion.
+    headline: str
+    #: row keys of the LiteRT model logged as `tflite_<key>` metrics (and averaged over seeds).
+    metric_keys: Sequence[str]
+    #: the table `(key, heading, format)` columns.
+    columns: Sequence[tuple[str, str, str]]
+    #: the data split the int8 ranges are calibrated on.
+    calibration_split: str = "train"
+    #: also export the uncompressed student with post-training int8, as a reference row.
+    ptq_reference: bool = False
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    # --- data and models ---
+
+    @property
+    @abc.abstractmethod
+    def description(self) -> str:
+        """The data, as `report["data"]` says it."""
+
+    @abc.abstractmethod
+    def summary(self) -> dict:
+        """Data sizes (and classes) for the report."""
+
+    @abc.abstractmethod
+    def check_teacher(self, teacher: keras.Model, path: str) -> None:
+        """Raises `ValueError` naming `path` when a given teacher does not fit the data."""
+
+    @abc.abstractmethod
+    def build(self, role: str, name: str) -> keras.Model:
+        """A new `teacher` or `student` network (built from `teacher_model` / `student_model`)."""
+
+    # --- training ---
+
+    @abc.abstractmethod
+    def plain(self, model: keras.Model, stage: Stage) -> Training:
+        """`model` compiled with the task loss alone, and its training data."""
+
+    @abc.abstractmethod
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        """A compiled `Distiller` (or subclass) with the task's KD terms, and its data."""
+
+    @abc.abstractmethod
+    def students(self) -> list[Student]:
+        """The students to train, in order; the scratch baseline first, one that `ships`."""
+
+    # --- evaluation ---
+
+    @abc.abstractmethod
+    def evaluate(self, model: keras.Model) -> dict:
+        """Headline metrics of a Keras student (or of the uncompressed teacher, see below)."""
+
+    def evaluate_teacher(self, teacher: keras.Model) -> dict:
+        """Metrics of the teacher on the students' test data (default: `evaluate`)."""
+        return self.evaluate(teacher)
+
+    @abc.abstractmethod
+    def evaluate_tflite(self, path: Path) -> dict:
+        """The same metrics of a `.tflite` file run in LiteRT."""
+
+    def deployable(self, model: keras.Model) -> keras.Model:
+        """The part of `model` that ships (default: all of it)."""
+        return model
+
+    def parity(self, model: keras.Model, path: Path) -> dict | None:
+        """How closely the `.tflite` at `path` reproduces its Keras `model` (default: unchecked)."""
+        return None
+
+    def parity_metric(self, parity: Mapping) -> float | None:
+        """The one parity number the promotion gates read (`tflite_parity`)."""
+        return None
+
+    # --- compression ---
+
+    def before_compression(self, student: keras.Model) -> keras.Model:
+        """The shipped student as pruning and QAT start from it (default: unchanged)."""
+        return student
+
+    def sparsity(self, student: keras.Model, output: Path) -> tuple[float | None, dict]:
+        """The sparsity to prune to (`None`: no pruning) and how it was chosen."""
+        settings = self.config.compress
+        chosen = settings.sparsity if settings.sparsity > 0 and settings.prune_epochs > 0 else None
+        return chosen, {}
+
+    @abc.abstractmethod
+    def prune(self, student: keras.Model, sparsity: float) -> keras.Model:
+        """`student` wrapped for pruning to `sparsity` on the task's schedule."""
+
+    @abc.abstractmethod
+    def calibration_images(self) -> np.ndarray:
+        """`compress.calibration_images` training inputs, preprocessed as for training."""
+
+    # --- report and tracking ---
+
+    @abc.abstractmethod
+    def input_example(self) -> np.ndarray:
+        """A few real inputs, kept with the registered model."""
+
+    def pictures(self, folder: Path, models: Mapping[str, object]) -> dict[str, Path]:
+        """Pictures of what the models predict, for MLflow (default: none).
+
+        `models` maps `teacher`, `student` to Keras models and `tflite` to the shipped file.
+        """
+        return {}
+
+    def artifacts(self, output: Path, student_path: Path) -> dict[str, str]:
+        """Task files written beside the shipped student (default: none)."""
+        return {}
+
+
+__all__ = ["Stage", "Student", "Task", "Training"]

@@ -1,0 +1,244 @@
+"""Person re-identification KD as a `kd_keras.pipeline.Task`, with a dynamic temperature.
+
+`ReIDTask(config)` loads a Market-1501 folder (the built-in synthetic one, written on first
+use, or the user's) and gives the pipeline ReID networks with a BNNeck, identity + triplet
+losses on P×K batches, logits KD whose temperature falls from `temperature` to
+`final_temperature` (+ embedding KD), and CMC / mAP under the Market-1501 protocol in Keras and
+LiteRT. Students are trained for each of `seeds`; the first seed's rows are tabled with the
+means over all seeds. Compression starts from the BNNeck-folded student, and its embedding
+model is what ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tf_keras as keras
+
+from kd_keras import compress
+from kd_keras.distiller import Distiller
+from kd_keras.export import tflite_predict
+from kd_keras.pipeline import Stage, Student, Task, Training
+from kd_keras.terms import LogitsDistillation
+from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
+from reid.evaluation import evaluate_dataset, keras_embedder
+from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
+from reid.market1501 import Market1501, load_market1501
+from reid.models import build_reid_model, embedding_model, fold_bnneck
+from reid.sampler import PKSampler, pk_dataset
+from reid.synthetic import SyntheticConfig, ensure_synthetic_market1501
+
+
+def load_data(config) -> tuple[Market1501, str]:
+    """The user's Market-1501 folder, or the built-in one (written on first use)."""
+    if config.data is not None:
+        return load_market1501(config.data, config.image_size), config.data
+    root = Path(config.output_dir) / "market1501_synthetic"
+    ensure_synthetic_market1501(root, SyntheticConfig(image_size=config.image_size))
+    return load_market1501(root, config.image_size), f"built-in synthetic ({root})"
+
+
+class ReIDTask(Task):
+    """ReID for the shared pipeline; `config` is a `reid.config.ReIDConfig`."""
+
+    name = "reid"
+    headline = "mAP"
+    metric_keys = ("rank1", "mAP")
+    columns = (
+        ("model", "model", ""),
+        ("rank1", "rank-1", ".3f"),
+        ("rank5", "rank-5", ".3f"),
+        ("mAP", "mAP", ".3f"),
+        ("params", "params", ","),
+        ("flops", "FLOPs", ","),
+        ("size_bytes", "size (bytes)", ","),
+        ("latency_ms", "LiteRT (ms)", ".3f"),
+        ("train_seconds", "train (s)", ".1f"),
+    )
+    calibration_split = "bounding_box_train"
+    ptq_reference = True
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.data, self.source = load_data(config)
+        self.labels, person_ids = self.data.train.labels()
+        self.identities = len(person_ids)
+        if self.identities < config.p:
+            raise ValueError(
+                f"p={config.p} identities per batch, but the training split has only "
+                f"{self.identities}. Lower p. Received: p={config.p}."
+            )
+
+    @property
+    def description(self) -> str:
+        return self.source
+
+    def summary(self) -> dict:
+        return {
+            "train_images": len(self.data.train),
+            "train_identities": self.identities,
+            "query_images": len(self.data.query),
+            "gallery_images": len(self.data.gallery),
+        }
+
+    def check_teacher(self, teacher: keras.Model, path: str) -> None:
+        if len(teacher.outputs) != 2 or tuple(teacher.input_shape[1:]) != self.data.input_shape:
+            raise ValueError(
+                "Expected a two-output ReID model from reid.models.build_reid_model taking "
+                f"{self.data.input_shape} images. Received: teacher={path} with input shape "
+                f"{teacher.input_shape} and {len(teacher.outputs)} output(s)."
+            )
+        if teacher.output_shape[1][-1] != self.identities:
+            raise ValueError(
+                f"The teacher classifies {teacher.output_shape[1][-1]} identities but the "
+                f"training split has {self.identities}. Received: teacher={path}."
+            )
+
+    def build(self, role: str, name: str) -> keras.Model:
+        spec = self.config.teacher_model if role == "teacher" else self.config.student_model
+        return build_reid_model(
+            self.data.input_shape,
+            self.identities,
+            spec.backbone,
+            spec.width,
+            spec.embedding_dim,
+            spec.depth,
+            name=name,
+        )
+
+    def students(self) -> list[Student]:
+        """Scratch, constant-T KD (with `compare_constant`) and dynamic-T KD for every seed."""
+        config, settings = self.config, self.config.distill
+        total = config.epochs * config.steps_per_epoch
+        dynamic = dynamic_temperature(
+            settings.schedule, settings.temperature, total, settings.final_temperature
+        )
+        variants = [("scratch", "scratch", None)]
+        if settings.compare_constant:
+            constant = dynamic_temperature("constant", settings.temperature, total)
+            variants.append(("KD_constant_T", "KD constant T", constant))
+        variants.append(("KD_dynamic_T", f"KD dynamic T, {settings.schedule}", dynamic))
+        students = []
+        for seed in config.seeds:
+            first = seed == config.seeds[0]
+            for tag, label, temperature in variants:
+                stage = f"{tag}_{seed}"
+                ships = first and temperature is dynamic
+                students.append(
+                    Student(
+                        stage,
+                        label,
+                        "student.keras" if ships else f"students/{stage}.keras",
+                        distilled=temperature is not None,
+                        kd=temperature,
+                        seed=seed,
+                        ships=ships,
+                        tabled=first,
+                        logged_as=stage,
+                    )
+                )
+        return students
+
+    # --- training ---
+
+    def _steps(self, stage: Stage) -> int:
+        if stage.name == "teacher":
+            return self.config.teacher_steps_per_epoch
+        return self.config.steps_per_epoch
+
+    def _data(self, stage: Stage):
+        steps = stage.epochs * self._steps(stage)
+        sampler = PKSampler(self.labels, self.config.p, self.config.k, seed=stage.seed)
+        images = self.data.train.images
+        return pk_dataset(images, self.labels, sampler, steps, self.config.augment, stage.seed)
+
+    def _optimizer(self, stage: Stage) -> keras.optimizers.Optimizer:
+        steps = stage.epochs * self._steps(stage)
+        decay = keras.optimizers.schedules.CosineDecay(stage.learning_rate, steps)
+        return keras.optimizers.Adam(decay)
+
+    def plain(self, model: keras.Model, stage: Stage) -> Training:
+        config = self.config
+        losses = [TripletLoss(config.margin), IdentityLoss(config.label_smoothing)]
+        model.compile(self._optimizer(stage), loss=losses)
+        return Training(model, self._data(stage), self._steps(stage))
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        """Logits KD (+ embedding KD), finding layers by name in possibly wrapped models."""
+        config, settings = self.config, self.config.distill
+        temperature = 1.0 if stage.compressing else stage.kd
+
+        def name(model, layer):
+            return compress.wrapped_layer_name(model, layer)
+
+        terms = [
+            LogitsDistillation(
+                temperature=temperature,
+                teacher_layer=name(teacher, "logits"),
+                student_layer=name(student, "logits"),
+                name="logits_kd",
+            )
+        ]
+        weights = [settings.logits_weight]
+        if settings.embedding_kd != "none" and settings.embedding_weight > 0:
+            term = {"similarity": SimilarityDistillation, "projection": ProjectionDistillation}
+            layers = name(teacher, "embedding"), name(student, "embedding")
+            terms.append(term[settings.embedding_kd](*layers, name="embedding_kd"))
+            weights.append(settings.embedding_weight)
+        distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
+        distiller.compile(
+            self._optimizer(stage), loss=ReIDLoss(config.label_smoothing, config.margin)
+        )
+        return Training(distiller, self._data(stage), self._steps(stage))
+
+    # --- evaluation ---
+
+    def evaluate(self, model: keras.Model) -> dict:
+        return evaluate_dataset(keras_embedder(embedding_model(model)), self.data).as_dict()
+
+    def evaluate_tflite(self, path: Path) -> dict:
+        return evaluate_dataset(lambda images: tflite_predict(path, images), self.data).as_dict()
+
+    def deployable(self, model: keras.Model) -> keras.Model:
+        return embedding_model(model)
+
+    def parity(self, model: keras.Model, path: Path) -> dict:
+        """Cosine between the Keras and LiteRT embeddings of the query images."""
+        images = self.data.query.images
+        expected = np.asarray(model.predict(images, verbose=0))
+        actual = tflite_predict(path, images)
+        cosine = np.sum(expected * actual, 1) / (
+            np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1) + 1e-12
+        )
+        return {
+            "mean_cosine": float(cosine.mean()),
+            "min_cosine": float(cosine.min()),
+            "max_abs_diff": float(np.abs(expected - actual).max()),
+            "examples": len(expected),
+        }
+
+    def parity_metric(self, parity) -> float:
+        return parity["mean_cosine"]
+
+    # --- compression ---
+
+    def before_compression(self, student: keras.Model) -> keras.Model:
+        return fold_bnneck(student, name="student_folded")
+
+    def prune(self, student: keras.Model, sparsity: float) -> keras.Model:
+        """Polynomial ramp over the first two thirds of the pruning fine-tune."""
+        steps = self.config.compress.prune_epochs * self.config.steps_per_epoch
+        return compress.prune(
+            student,
+            sparsity,
+            "polynomial",
+            end_step=max(1, steps * 2 // 3),
+            frequency=max(1, steps // 10),
+        )
+
+    def calibration_images(self) -> np.ndarray:
+        return self.data.train.images[: self.config.compress.calibration_images]
+
+    def input_example(self) -> np.ndarray:
+        return self.data.query.images[:2]
