@@ -103,7 +103,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
                 "output_dir": str(output / f"seed{seed}"),
             },
         )
-        report = run_pipeline(prepare(DetectionTask(run_config), run_config), run_config)
+        report = run_pipeline(prepare(DetectionTask, run_config))
         if teacher_path is None:
             teacher_path = report["artifacts"]["teacher"]
         runs.append({row["model"]: row for row in report["rows"]})

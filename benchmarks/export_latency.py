@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print("training the default classification run (teacher, student, prune+QAT) ...")
             overrides = {"output_dir": str(run_dir), "tracking": {"enabled": False}}
             config = config_lib.from_dict(ClassifyConfig, overrides)
-            run_pipeline(prepare(ClassificationTask(config), config), config)
+            run_pipeline(prepare(ClassificationTask, config))
         results = measure(run_dir, args.runs, args.rounds)
     print()
     print(format_table(results["rows"], COLUMNS))

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n== Ablation: the reid pipeline with seeds {args.seeds} ==", flush=True)
     start = time.perf_counter()
-    report = run_pipeline(prepare(ReIDTask(config), config), config)
+    report = run_pipeline(prepare(ReIDTask, config))
     recipe_seconds = time.perf_counter() - start
     ablation = _ablation(report)
     columns = [

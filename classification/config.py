@@ -14,11 +14,15 @@ from pydantic import Field
 from kd_keras import config as config_lib
 from kd_keras import settings as shared
 
+Method = Literal["lma", "robust", "okddip"]
+
 
 class ModelSettings(shared.ModelSettings):
-    """The CNN classifier's size; `dropout` before its classifier."""
+    """The CNN classifier's size; `dropout` before its classifier; `activation` of its blocks
+    (`relu`, or `lma`: a learnable piecewise-linear `kd_keras.models.LMA` that starts as ReLU)."""
 
     dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "lma"] = "relu"
 
 
 class DistillSettings(shared.DistillSettings):
@@ -28,6 +32,17 @@ class DistillSettings(shared.DistillSettings):
     `final_temperature` over the whole training. The loss is
     `student_loss_weight·CE + logits_weight·T²·KD` (Hinton et al. use 0.1 and 0.9).
     `hint_weight > 0` adds a FitNet hint on the `features` layer.
+
+    Robust KD (`robust: true` for the shipped student and its pruning and QAT, or the `robust`
+    method for one more row): the student trains on PGD examples of L∞ radius
+    `adversarial_epsilon` (`adversarial_steps` steps) built against itself while the teacher
+    sees the clean images, the loss mixing clean and adversarial as
+    `(1 − adversarial_weight)·L(x) + adversarial_weight·L(x')`
+    (`kd_keras.adversarial.AdversarialDistiller`). Every row then also reports its accuracy under
+    a 10-step PGD attack of the same radius.
+
+    The `okddip` method trains its student with `peers` more students of the same size and no
+    teacher (online KD with diverse peers, `kd_keras.online.OnlineDistiller`).
     """
 
     student_loss_weight: float = Field(0.1, ge=0)
@@ -35,6 +50,11 @@ class DistillSettings(shared.DistillSettings):
     loss: Literal["kl", "soft_ce"] = "kl"
     hint_weight: float = Field(0.0, ge=0)
     hint_loss: Literal["l2", "cross_entropy"] = "l2"
+    robust: bool = False
+    adversarial_epsilon: float = Field(0.1, gt=0)
+    adversarial_steps: int = Field(5, ge=1)
+    adversarial_weight: float = Field(0.5, ge=0, le=1)
+    peers: int = Field(3, ge=2)
 
 
 class CompressSettings(shared.CompressSettings):
@@ -47,7 +67,9 @@ class CompressSettings(shared.CompressSettings):
     quantization-aware distillation follow (sparsity-preserving after pruning; 0 = none).
     `keep_dense` names layers left unpruned: by default the first conv, whose few weights
     (3·3·channels per filter) carry most of the accuracy lost when pruning it. `int8_io` makes
-    an int8 file take and return int8 tensors.
+    an int8 file take and return int8 tensors. With `lowrank`, the factored student recovers
+    with a cross-entropy hint on `features` (knowledge pre-regression) of `lowrank_hint_weight`
+    beside the logits KD.
     """
 
     sparsity: float | Literal["auto"] = 0.5
@@ -59,6 +81,7 @@ class CompressSettings(shared.CompressSettings):
     candidates: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     max_drop: float | None = Field(None, ge=0)
     int8_io: bool = False
+    lowrank_hint_weight: float = Field(1.0, ge=0)
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -84,11 +107,14 @@ class ClassifyConfig(shared.RunConfig):
     """Everything `recipes.classify` does; defaults reproduce the built-in digits run.
 
     `data` is an image folder (one subfolder per class) read at `image_size` with `channels`;
-    null means scikit-learn's digits.
+    null means scikit-learn's digits. Each of `methods` adds a row: a student distilled on the
+    same budget with that compact-student method (`lma`: LMA activations; `robust`: robust KD on
+    PGD examples; `okddip`: online KD among peers, no teacher; see `DistillSettings`).
     """
 
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 3
+    methods: tuple[Method, ...] = ()
     classes: tuple[int, ...] | None = None
     offline: bool = False
     augment: bool = False
@@ -113,5 +139,10 @@ class ClassifyConfig(shared.RunConfig):
                 "offline=true cannot be combined with augment=true: the cached teacher outputs "
                 "describe un-augmented images, so they would be stale. Drop one of them. "
                 "Received: offline=True, augment=True."
+            )
+        if self.offline and (self.distill.robust or "robust" in self.methods):
+            raise config_lib.ConfigError(
+                "offline=true cannot be combined with robust KD (distill.robust or methods: "
+                "[robust]): its adversarial examples need the student online. Drop one of them."
             )
         return self

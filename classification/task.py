@@ -17,10 +17,18 @@ import tf_keras as keras
 from classification import data as data_lib
 from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export, offline
+from kd_keras.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.distiller import Distiller
 from kd_keras.models import build_cnn_classifier
+from kd_keras.online import OnlineDistiller
 from kd_keras.pipeline import Stage, Student, Task, Training
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
+
+METHOD_LABELS = {
+    "lma": "LMA activations",
+    "robust": "robust KD (PGD)",
+    "okddip": "OKDDip peers, no teacher",
+}
 
 
 class ClassificationTask(Task):
@@ -32,6 +40,7 @@ class ClassificationTask(Task):
     columns = (
         ("model", "model", ""),
         ("accuracy", "accuracy", ".4f"),
+        ("pgd_accuracy", "PGD accuracy", ".4f"),
         ("params", "params", ","),
         ("flops", "FLOPs", ","),
         ("size_bytes", "size (bytes)", ","),
@@ -97,13 +106,20 @@ class ClassificationTask(Task):
                 f"{teacher_classes} classes. Received: classes={list(self.config.classes)}."
             )
 
-    def build(self, role: str, name: str) -> keras.Model:
+    def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
         size = self.config.teacher_model if role == "teacher" else self.config.student_model
         classes = self.train.num_classes
         if role == "student" and self.subset is not None:
             classes = self.subset.num_classes
+        activation = "lma" if student is not None and student.kd == "lma" else size.activation
         return build_cnn_classifier(
-            self.train.input_shape, classes, size.width, size.depth, dropout=size.dropout, name=name
+            self.train.input_shape,
+            classes,
+            size.width,
+            size.depth,
+            dropout=size.dropout,
+            name=name,
+            activation=activation,
         )
 
     def students(self) -> list[Student]:
@@ -119,6 +135,17 @@ class ClassificationTask(Task):
                 seed=seed,
                 ships=True,
                 logged_as="distilled",
+            ),
+            *(
+                Student(
+                    f"student_{method}",
+                    f"distilled, {METHOD_LABELS[method]}",
+                    f"student_{method}.keras",
+                    kd=method,
+                    seed=seed,
+                    logged_as=method,
+                )
+                for method in self.config.methods
             ),
         ]
 
@@ -145,6 +172,8 @@ class ClassificationTask(Task):
 
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         config, settings = self.config, self.config.distill
+        if stage.kd == "okddip":
+            return self._online(student, stage)
         steps = stage.epochs * int(np.ceil(len(self.x_train) / config.batch_size))
         terms = [
             LogitsDistillation(
@@ -155,12 +184,15 @@ class ClassificationTask(Task):
             )
         ]
         weights = [settings.logits_weight]
-        if settings.hint_weight > 0:
+        hint_weight, hint_loss = settings.hint_weight, settings.hint_loss
+        if stage.name == "lowrank":  # knowledge pre-regression of the factored student
+            hint_weight, hint_loss = config.compress.lowrank_hint_weight, "cross_entropy"
+        if hint_weight > 0:
             student_layer = compress.wrapped_layer_name(student, "features")
             terms.append(
-                FeatureDistillation("features", student_layer, loss=settings.hint_loss, name="hint")
+                FeatureDistillation("features", student_layer, loss=hint_loss, name="hint")
             )
-            weights.append(settings.hint_weight)
+            weights.append(hint_weight)
         if config.offline:
             cache = offline.compute_teacher_outputs(teacher, self.x_train)
             cache_dir = Path(config.output_dir) / "teacher_cache"
@@ -177,11 +209,35 @@ class ClassificationTask(Task):
             data = offline.offline_dataset(
                 self.x_train, self.y_train, cache, config.batch_size, seed=config.seed
             )
+        elif stage.kd == "robust" or (settings.robust and stage.kd is None):
+            distiller = AdversarialDistiller(
+                teacher,
+                student,
+                terms,
+                weights,
+                settings.student_loss_weight,
+                epsilon=settings.adversarial_epsilon,
+                steps=settings.adversarial_steps,
+                adversarial_weight=settings.adversarial_weight,
+            )
+            data = self._labelled(self.x_train, self.y_train, augment=not stage.compressing)
         else:
             distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
             data = self._labelled(self.x_train, self.y_train, augment=not stage.compressing)
         self._compile(distiller, stage.learning_rate)
         return Training(distiller, data)
+
+    def _online(self, leader: keras.Model, stage: Stage) -> Training:
+        """The leader among `distill.peers` peers of its size, learning from each other."""
+        peers = [
+            self.build("student", f"peer_{index}") for index in range(self.config.distill.peers)
+        ]
+        group = OnlineDistiller(leader, peers, temperature=self.config.distill.temperature)
+        group.compile(
+            keras.optimizers.Adam(stage.learning_rate),
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        return Training(group, self._labelled(self.x_train, self.y_train))
 
     # --- evaluation ---
 
@@ -191,11 +247,32 @@ class ClassificationTask(Task):
             logits = logits[:, list(self.subset.class_indices)]
         return float(np.mean(np.argmax(logits, axis=-1) == y))
 
+    @property
+    def _robustness_measured(self) -> bool:
+        return self.config.distill.robust or "robust" in self.config.methods
+
+    def _pgd_accuracy(self, model: keras.Model, teacher: bool = False) -> dict:
+        if not self._robustness_measured:
+            return {}
+        settings = self.config.distill
+        indices = list(self.subset.class_indices) if teacher and self.subset else None
+        accuracy = adversarial_accuracy(
+            model,
+            self.x_test,
+            self.y_test,
+            settings.adversarial_epsilon,
+            steps=10,
+            class_indices=indices,
+        )
+        return {"pgd_accuracy": accuracy}
+
     def evaluate(self, model: keras.Model) -> dict:
-        return {"accuracy": self._accuracy(model, self.x_test, self.y_test)}
+        accuracy = self._accuracy(model, self.x_test, self.y_test)
+        return {"accuracy": accuracy, **self._pgd_accuracy(model)}
 
     def evaluate_teacher(self, teacher: keras.Model) -> dict:
-        return {"accuracy": self._accuracy(teacher, self.x_test, self.y_test, teacher=True)}
+        accuracy = self._accuracy(teacher, self.x_test, self.y_test, teacher=True)
+        return {"accuracy": accuracy, **self._pgd_accuracy(teacher, teacher=True)}
 
     def evaluate_tflite(self, path: Path) -> dict:
         return {"accuracy": export.evaluate_tflite(path, self.x_test, self.y_test)}
@@ -237,13 +314,16 @@ class ClassificationTask(Task):
         settings = self.config.compress
         steps_per_epoch = int(np.ceil(len(self.x_train) / self.config.batch_size))
         frequency = max(1, int(0.6 * settings.prune_epochs * steps_per_epoch) // 10)
+        # A kept layer stays dense also when factored into `<name>_v` and `<name>_h`.
+        names = {layer.name for layer in student.layers}
+        keep = [n for k in settings.keep_dense for n in (k, f"{k}_v", f"{k}_h") if n in names]
         return compress.prune(
             student,
             sparsity,
             "polynomial",
             end_step=10 * frequency,
             frequency=frequency,
-            exclude=settings.keep_dense,
+            exclude=keep,
         )
 
     def calibration_images(self) -> np.ndarray:

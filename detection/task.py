@@ -124,7 +124,7 @@ class DetectionTask(Task):
                 f"{self.train.num_classes}. Received: teacher={path}."
             )
 
-    def build(self, role: str, name: str) -> keras.Model:
+    def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
         size = self.config.teacher_model if role == "teacher" else self.config.student_model
         return build_centernet(
             (*self.size, 3),

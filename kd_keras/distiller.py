@@ -212,6 +212,18 @@ class Distiller(keras.Model):
             return distillation, distillation
         return self.student_loss_weight(step) * student_loss + distillation, distillation
 
+    def _batch_loss(self, total):
+        """The scalar to minimise: per-example `total` over the global batch, plus regularization.
+
+        Called inside the training tape, so the student's regularization losses are recorded.
+        """
+        # Average over the global batch so gradients summed across replicas are the mean.
+        loss = tf.nn.compute_average_loss(total)
+        if self.student.losses:
+            regularization = tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
+            loss += tf.nn.scale_regularization_loss(regularization)
+        return loss
+
     def train_step(self, data):
         x, y, teacher_outputs = self._unpack(data)
         # The frozen teacher runs outside the tape: nothing of it is recorded for backprop.
@@ -221,11 +233,7 @@ class Distiller(keras.Model):
                 x, y, teacher_outputs, training=True
             )
             total, distillation = self._combined(student_loss, term_losses)
-            # Average over the global batch so gradients summed across replicas are the mean.
-            loss = tf.nn.compute_average_loss(total)
-            if self.student.losses:
-                regularization = tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
-                loss += tf.nn.scale_regularization_loss(regularization)
+            loss = self._batch_loss(total)
         # `minimize` lets a `LossScaleOptimizer` (mixed precision) scale the loss before the
         # gradient and unscale the gradients after it; other optimizers just apply the gradients.
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)

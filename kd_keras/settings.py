@@ -59,8 +59,13 @@ class CompressSettings(ConfigModel):
     `prune_epochs` and `qat_epochs` are the fine-tuning budgets (`qat_epochs: 0` exports with
     post-training int8 instead); `calibration_images` training images set the int8 ranges.
     `export` writes `student_<mode>.tflite`, measured in LiteRT (`null`: no file).
+    `lowrank > 0` first factors every k×k conv into a k×1 and a 1×k conv of rank
+    `lowrank · channels` (`kd_keras.compress.decompose`, exact SVD start; only where it saves
+    parameters), then recovers for `lowrank_epochs` while distilling.
     """
 
+    lowrank: float = Field(0.0, ge=0, le=1)
+    lowrank_epochs: int = Field(2, ge=0)
     sparsity: float = Field(0.3, ge=0, lt=1)
     prune_epochs: int = Field(2, ge=0)
     qat_epochs: int = Field(2, ge=0)
@@ -94,7 +99,8 @@ class RunConfig(ConfigModel):
     `teacher` is a saved `.keras` teacher (`null`: train one for `teacher_epochs`); every
     student trains for `epochs` at `learning_rate`. A rerun in `output_dir` reuses the finished
     stages (`restart: true` trains everything again). `latency_runs` LiteRT inferences time each
-    model.
+    model. `strategy` spreads each training step over devices or worker processes
+    (`kd_keras.distribute`: `none`, `mirrored`, `multiworker` with `TF_CONFIG`).
     """
 
     data: str | None = None
@@ -105,6 +111,7 @@ class RunConfig(ConfigModel):
     latency_runs: int = Field(100, ge=1)
     output_dir: str = "runs/kd"
     restart: bool = False
+    strategy: Literal["none", "mirrored", "multiworker"] = "none"
     tracking: TrackingSettings = TrackingSettings()
 
 

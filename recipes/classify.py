@@ -20,22 +20,14 @@ import sys
 from classification.config import ClassifyConfig
 from classification.subset import parse_classes
 from classification.task import ClassificationTask
-from kd_keras.pipeline import Prepared
-from kd_keras.pipeline import prepare as prepare_pipeline
-from recipes.common import add_run_arguments, config_from_args, recipe_main, run_prepared
+from recipes.common import Recipe
+
+__all__ = ["ClassifyConfig", "main", "parse_config", "prepare", "run"]
 
 
-def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
-    """Command line to a validated config: YAML file, then `--set`, then the named options."""
-    parser = argparse.ArgumentParser(prog="python -m recipes.classify", description=__doc__)
-    add_run_arguments(parser, "ClassifyConfig")
-    parser.add_argument("--data", help="image folder, one subfolder per class (default: digits)")
-    parser.add_argument("--teacher", help="saved .keras teacher (default: train one)")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="teacher classes for the student, e.g. 0,3,7")
     parser.add_argument("--offline", action="store_true", default=None, help="cache the teacher")
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--schedule", help="constant, linear, cosine, exponential or step")
-    parser.add_argument("--epochs", type=int)
     parser.add_argument(
         "--prune", metavar="SPARSITY|auto", help="final sparsity in [0, 1), 0 = off, or auto"
     )
@@ -48,20 +40,16 @@ def parse_config(argv: list[str] | None = None) -> ClassifyConfig:
     parser.add_argument(
         "--export", choices=["float32", "float16", "dynamic", "int8", "none"], help="TFLite file"
     )
-    args = parser.parse_args(argv)
-    named = {
-        "data": args.data,
-        "teacher": args.teacher,
+
+
+def _named_options(args: argparse.Namespace) -> dict:
+    return {
         "classes": None if args.classes is None else list(parse_classes(args.classes)),
         "offline": args.offline,
-        "epochs": args.epochs,
-        "distill.temperature": args.temperature,
-        "distill.schedule": args.schedule,
         "compress.sparsity": _prune_value(args.prune),
         "compress.qat_epochs": None if args.qat in (None, True) else 0,
         "compress.export": args.export,
     }
-    return config_from_args(ClassifyConfig, args, named)
 
 
 def _prune_value(text: str | None):
@@ -74,19 +62,10 @@ def _prune_value(text: str | None):
         return text
 
 
-def prepare(config: ClassifyConfig) -> Prepared:
-    """Loads and checks the data and a given teacher; every input error is raised here."""
-    return prepare_pipeline(ClassificationTask(config), config)
-
-
-def run(config: ClassifyConfig, inputs: Prepared | None = None) -> dict:
-    """Runs every stage (see `recipes.common.run_prepared`); returns the report."""
-    return run_prepared(config, inputs or prepare(config))
-
-
-def main(argv: list[str] | None = None) -> int:
-    return recipe_main(parse_config, prepare, run, argv, ClassificationTask.columns)
-
+RECIPE = Recipe(
+    "classify", ClassifyConfig, ClassificationTask, __doc__, _add_options, _named_options
+)
+parse_config, prepare, run, main = RECIPE.parse_config, RECIPE.prepare, RECIPE.run, RECIPE.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,8 +22,14 @@ T = TypeVar("T")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, config_name: str) -> None:
-    """`--config`, `--output-dir`, the MLflow options and `--set`, the same in every recipe."""
+    """The options every recipe has: config file and `--set`, data, teacher, epochs,
+    temperature, output, MLflow, strategy, restart."""
     parser.add_argument("--config", help=f"YAML config file (keys as in {config_name})")
+    parser.add_argument("--data", help="your dataset (default: the built-in one)")
+    parser.add_argument("--teacher", help="saved .keras teacher (default: train one)")
+    parser.add_argument("--epochs", type=int, help="epochs of every student")
+    parser.add_argument("--temperature", type=float, help="KD temperature (the starting one)")
+    parser.add_argument("--schedule", help="temperature schedule: constant, linear, cosine, ...")
     parser.add_argument("--output-dir", dest="output_dir")
     parser.add_argument(
         "--tracking-uri",
@@ -35,6 +41,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_name: str) -> None
     parser.add_argument("--register-as", help="registered model name for the .tflite student")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any config key"
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["none", "mirrored", "multiworker"],
+        help="spread training over local devices, or over workers listed in TF_CONFIG",
     )
     parser.add_argument(
         "--restart",
@@ -49,11 +60,17 @@ def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str,
     data = config_lib.load_yaml(args.config) if args.config else {}
     data = config_lib.apply_overrides(data, args.set)
     named = {
+        "data": args.data,
+        "teacher": args.teacher,
+        "epochs": args.epochs,
+        "distill.temperature": args.temperature,
+        "distill.schedule": args.schedule,
         "output_dir": args.output_dir,
         "tracking.enabled": args.track,
         "tracking.uri": args.tracking_uri,
         "tracking.register_as": args.register_as,
         "restart": args.restart,
+        "strategy": args.strategy,
         **named,
     }
     overrides = [
@@ -105,7 +122,7 @@ def parse_and_run(parse_config, prepare, run, argv):
         return None
 
 
-def run_prepared(config, prepared) -> dict:
+def run_prepared(prepared) -> dict:
     """Runs the shared stage sequence on `prepared`, recorded in MLflow unless tracking is off.
 
     Stages finished by an earlier run in `output_dir` (with the same config) are reused; an
@@ -114,7 +131,8 @@ def run_prepared(config, prepared) -> dict:
     """
     from kd_keras.pipeline import run_pipeline
 
-    return run_pipeline(prepared, config, tracking_session(config, prepared.task.name))
+    config = prepared.config
+    return run_pipeline(prepared, tracking_session(config, prepared.task.name))
 
 
 def recipe_main(parse_config, prepare, run, argv, columns) -> int:
@@ -137,3 +155,46 @@ def recipe_main(parse_config, prepare, run, argv, columns) -> int:
         state = "" if tracked["complete"] else " (incomplete: see the warning above)"
         print(f"MLflow run {tracked['run_id']} in {tracked['tracking_uri']}{model}{state}")
     return 0
+
+
+class Recipe:
+    """A `python -m recipes.<name>` command: the task's config and task classes, and the
+    options of its own (`add_options(parser)`, read back by `named_options(args)` as
+    `{config key: value}`) beside those of `add_run_arguments`."""
+
+    def __init__(
+        self,
+        name: str,
+        config_class: type,
+        task_class: type,
+        description: str,
+        add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+        named_options: Callable[[argparse.Namespace], dict] = lambda args: {},
+    ) -> None:
+        self.name, self.config_class, self.task_class = name, config_class, task_class
+        self.description = description
+        self.add_options, self.named_options = add_options, named_options
+
+    def parse_config(self, argv: list[str] | None = None):
+        """Command line to a validated config: YAML file, then `--set`, then the named options."""
+        parser = argparse.ArgumentParser(
+            prog=f"python -m recipes.{self.name}", description=self.description
+        )
+        add_run_arguments(parser, self.config_class.__name__)
+        self.add_options(parser)
+        args = parser.parse_args(argv)
+        return config_from_args(self.config_class, args, self.named_options(args))
+
+    def prepare(self, config):
+        """Loads and checks the data and a given teacher; every input error is raised here."""
+        from kd_keras.pipeline import prepare
+
+        return prepare(self.task_class, config)
+
+    def run(self, config, inputs=None) -> dict:
+        """Runs every stage (see `run_prepared`); returns the report."""
+        return run_prepared(inputs or self.prepare(config))
+
+    def main(self, argv: list[str] | None = None) -> int:
+        columns = self.task_class.columns
+        return recipe_main(self.parse_config, self.prepare, self.run, argv, columns)

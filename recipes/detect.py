@@ -16,47 +16,25 @@ import sys
 
 from detection.config import DetectConfig
 from detection.task import DetectionTask
-from kd_keras.pipeline import Prepared
-from kd_keras.pipeline import prepare as prepare_pipeline
-from recipes.common import add_run_arguments, config_from_args, recipe_main, run_prepared
+from recipes.common import Recipe
+
+__all__ = ["DetectConfig", "main", "parse_config", "prepare", "run"]
 
 
-def parse_config(argv: list[str] | None = None) -> DetectConfig:
-    """Command line to a validated config: YAML file, then `--set`, then the named options."""
-    parser = argparse.ArgumentParser(prog="python -m recipes.detect", description=__doc__)
-    add_run_arguments(parser, "DetectConfig")
-    parser.add_argument("--data", help="COCO images folder (default: the built-in dataset)")
-    parser.add_argument("--annotations", help="COCO instances JSON for --data")
-    parser.add_argument("--teacher", help="saved .keras CenterNet teacher (default: train one)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--temperature", type=float)
-    parser.add_argument("--ablation", action="store_true", default=None)
-    args = parser.parse_args(argv)
-    named = {
-        "data": args.data,
-        "annotations": args.annotations,
-        "teacher": args.teacher,
-        "epochs": args.epochs,
-        "ablation": args.ablation,
-        "distill.temperature": args.temperature,
-    }
-    return config_from_args(DetectConfig, args, named)
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotations", help="COCO instances JSON for --data (an images folder)")
+    parser.add_argument(
+        "--ablation", action="store_true", default=None, help="a student per KD part"
+    )
 
 
-def prepare(config: DetectConfig) -> Prepared:
-    """Loads and checks the data and a given teacher; every input error is raised here."""
-    return prepare_pipeline(DetectionTask(config), config)
+def _named_options(args: argparse.Namespace) -> dict:
+    return {"annotations": args.annotations, "ablation": args.ablation}
 
 
-def run(config: DetectConfig, inputs: Prepared | None = None) -> dict:
-    """Runs every stage (see `recipes.common.run_prepared`); returns the report."""
-    return run_prepared(config, inputs or prepare(config))
-
-
-def main(argv: list[str] | None = None) -> int:
-    # A bad dataset raises AnnotationError, a ValueError: reported like a bad option.
-    return recipe_main(parse_config, prepare, run, argv, DetectionTask.columns)
-
+# A bad dataset raises AnnotationError, a ValueError: reported like a bad option.
+RECIPE = Recipe("detect", DetectConfig, DetectionTask, __doc__, _add_options, _named_options)
+parse_config, prepare, run, main = RECIPE.parse_config, RECIPE.prepare, RECIPE.run, RECIPE.main
 
 if __name__ == "__main__":
     sys.exit(main())

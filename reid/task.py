@@ -95,7 +95,7 @@ class ReIDTask(Task):
                 f"training split has {self.identities}. Received: teacher={path}."
             )
 
-    def build(self, role: str, name: str) -> keras.Model:
+    def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
         spec = self.config.teacher_model if role == "teacher" else self.config.student_model
         return build_reid_model(
             self.data.input_shape,

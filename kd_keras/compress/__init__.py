@@ -5,6 +5,7 @@ fine-tuned as the `student` of a `Distiller` (with `UpdatePruningStep` among the
 is pruned), then stripped and exported with `kd_keras.export.to_tflite`.
 """
 
+from kd_keras.compress.lowrank import decompose, lowrank_report
 from kd_keras.compress.prune import (
     UpdatePruningStep,
     is_pruned,
@@ -39,10 +40,12 @@ __all__ = [
     "UpdatePruningStep",
     "adapt_batchnorm",
     "choose_sparsity",
+    "decompose",
     "is_pruned",
     "calibrate_quantization_ranges",
     "is_quantize_aware",
     "kernel_sparsity",
+    "lowrank_report",
     "prune",
     "pruning_schedule",
     "quantize_aware",

@@ -146,7 +146,11 @@ class UpdatePruningStep(_sparsity.UpdatePruningStep):
 
     def on_train_begin(self, logs=None):
         self.prunable_layers = pruned_layers(self.model)
-        if self.prunable_layers and int(self.prunable_layers[0].pruning_step) == -1:
+        # `get_value` reads a plain or a distributed (mirrored) step variable alike.
+        step = self.prunable_layers and keras.backend.get_value(
+            self.prunable_layers[0].pruning_step
+        )
+        if self.prunable_layers and int(step) == -1:
             keras.backend.batch_set_value(
                 [(layer.pruning_step, 0) for layer in self.prunable_layers]
             )

@@ -28,6 +28,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
 )
 
 from kd_keras.compress.prune import check_functional, is_pruned, sparsity_report
+from kd_keras.models.lma import LMA, LMAQuantizeConfig
 
 _quantization = tfmot.quantization.keras
 _PACKAGE = "kd_keras"
@@ -41,7 +42,7 @@ class OutputQuantizeConfig(_quantization.QuantizeConfig):
     range learned during QAT, and the converter keeps the op in between quantized tensors.
 
     Example:
-        >>> qat = quantize_aware(model, quantize_configs={"LMA": OutputQuantizeConfig()})
+        >>> qat = quantize_aware(model, quantize_configs={"Square": OutputQuantizeConfig()})
     """
 
     def __init__(self, num_bits: int = 8):
@@ -74,12 +75,28 @@ class OutputQuantizeConfig(_quantization.QuantizeConfig):
         return cls(**config)
 
 
+# kd_keras's own custom layers and the config each gets when the caller passes none for it.
+_DEFAULT_CONFIGS = {LMA: LMAQuantizeConfig}
+
+
+def _with_defaults(
+    model: keras.Model, quantize_configs: Mapping[str, _quantization.QuantizeConfig] | None
+) -> dict[str, _quantization.QuantizeConfig]:
+    """`quantize_configs` plus, by layer name, a default config for each kd_keras layer it omits."""
+    configs = dict(quantize_configs or {})
+    for layer in model.layers:
+        default = _DEFAULT_CONFIGS.get(type(layer))
+        if default and layer.name not in configs and type(layer).__name__ not in configs:
+            configs[layer.name] = default()
+    return configs
+
+
 def unsupported_layers(
     model: keras.Model, quantize_configs: Mapping[str, _quantization.QuantizeConfig] | None = None
 ) -> list[keras.layers.Layer]:
     """Layers of `model` that TF-MOT's 8-bit scheme cannot quantize and that have no config."""
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
-    configs = dict(quantize_configs or {})
+    configs = _with_defaults(model, quantize_configs)
     missing = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -117,7 +134,8 @@ def quantize_aware(
         preserve_sparsity: use the pruning-preserving scheme (PQAT) so zeros stay zero while
             training; `None` turns it on when any kernel is at least 20% zeros.
         quantize_configs: a `QuantizeConfig` per layer name or layer class name, for layers the
-            default scheme does not know (custom layers), e.g. `{"LMA": OutputQuantizeConfig()}`.
+            default scheme does not know (custom layers), e.g. `{"Square": OutputQuantizeConfig()}`;
+            kd_keras's own layers get theirs by default (`LMA`: `LMAQuantizeConfig`).
         calibration_data: batches of model inputs (or `(inputs, targets)` pairs), e.g. the
             training dataset; the activation ranges start from what `calibration_batches` of them
             produce (see `calibrate_quantization_ranges`) instead of TF-MOT's [-6, 6].
@@ -138,7 +156,7 @@ def quantize_aware(
             "kd_keras.compress.strip(model) first; pass preserve_sparsity=True to keep its zeros. "
             f"Received: model={model.name!r} with pruning wrappers."
         )
-    configs = dict(quantize_configs or {})
+    configs = _with_defaults(model, quantize_configs)
     missing = unsupported_layers(model, configs)
     if missing:
         described = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in missing)

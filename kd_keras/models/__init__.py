@@ -2,9 +2,11 @@
 
 from kd_keras.models.cnn import build_cnn_classifier, build_student, build_teacher
 from kd_keras.models.inspect import final_activation
+from kd_keras.models.lma import LMA
 from kd_keras.models.loading import ModelFileError, load_model_file
 
 __all__ = [
+    "LMA",
     "ModelFileError",
     "build_cnn_classifier",
     "build_student",

@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 import tf_keras as keras
 
+from kd_keras.models.lma import LMA
+
 BASE_FILTERS = (32, 64, 128)
+ACTIVATIONS = ("relu", "lma")
 
 
 def build_cnn_classifier(
@@ -17,11 +20,12 @@ def build_cnn_classifier(
     base_filters: Sequence[int] = BASE_FILTERS,
     dropout: float = 0.0,
     name: str = "cnn",
+    activation: str = "relu",
 ) -> keras.Model:
     """A VGG-like functional classifier that outputs logits.
 
     Each stage has `depth_multiplier` blocks of 3×3 conv + BatchNorm (momentum 0.9, so short
-    runs on small datasets end with usable statistics) + ReLU with
+    runs on small datasets end with usable statistics) + ReLU (or LMA) with
     `round(filters · width_multiplier)` channels, then a 2×2 max-pool (skipped when the map is
     already 1 pixel wide). A global average pool gives the `features` layer (a hint point for
     `FeatureDistillation`); a dense layer named `logits` gives the class scores (no softmax).
@@ -35,6 +39,8 @@ def build_cnn_classifier(
         base_filters: channels of each stage at width 1.
         dropout: dropout rate before the logits.
         name: model name.
+        activation: the blocks' activation: `"relu"` (layers `<block>_relu`) or `"lma"`, a
+            learnable 4-piece `LMA` that starts as ReLU (layers `<block>_lma`).
 
     Returns:
         A functional `keras.Model`.
@@ -45,6 +51,8 @@ def build_cnn_classifier(
         raise ValueError(f"Expected depth_multiplier >= 1. Received: {depth_multiplier=}.")
     if num_classes < 1:
         raise ValueError(f"Expected num_classes >= 1. Received: {num_classes=}.")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"Expected activation in {ACTIVATIONS}. Received: {activation=}.")
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
@@ -57,7 +65,10 @@ def build_cnn_classifier(
                 channels, 3, padding="same", use_bias=False, name=f"{prefix}_conv"
             )(x)
             x = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn")(x)
-            x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
+            if activation == "lma":
+                x = LMA(name=f"{prefix}_lma")(x)
+            else:
+                x = keras.layers.ReLU(name=f"{prefix}_relu")(x)
         if size >= 2:
             x = keras.layers.MaxPooling2D(2, name=f"stage{stage + 1}_pool")(x)
             size //= 2

@@ -50,8 +50,9 @@ def fit_resumable(
 
 
 # Config keys that can change between reruns in one output folder without changing what is
-# trained: where results go, how they are tracked, how often latency is timed.
-RERUN_SAFE_KEYS = ("output_dir", "tracking", "latency_runs", "restart")
+# trained: where results go, how they are tracked, how often latency is timed, how many devices
+# share the global batch.
+RERUN_SAFE_KEYS = ("output_dir", "tracking", "latency_runs", "restart", "strategy")
 
 
 def run_state(config) -> RunState:

@@ -14,14 +14,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
 import yaml
 
 from kd_keras import compress
 from kd_keras import config as config_lib
+from kd_keras.distribute import make_strategy, worker_index
 from kd_keras.export import io_json_path, tflite_latency, tflite_size, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
@@ -39,37 +43,56 @@ from kd_keras.run_state import RunState
 
 @dataclasses.dataclass
 class Prepared:
-    """What `prepare` checked before any training: the task's data, a given teacher, the folder."""
+    """What `prepare` checked before any training: the task and its data, a given teacher, the
+    output folder's state, and the config and strategy this worker runs with."""
 
     task: Task
     teacher: keras.Model | None
     state: RunState
+    config: Any
+    strategy: tf.distribute.Strategy
 
 
-def prepare(task: Task, config) -> Prepared:
-    """Loads and checks a given teacher (`config.teacher`) and the output folder's state."""
+def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
+    """Creates the `config.strategy`, the task (loading its data) and a given teacher, checked.
+
+    Every input error is raised here, before any training. Under `multiworker`, a worker other
+    than the chief gets its own output folder (`<output_dir>/worker_<index>`) and no tracking.
+    """
+    strategy = make_strategy(config.strategy)
+    index = worker_index(strategy)
+    if index > 0:
+        config = config.model_copy(
+            update={
+                "output_dir": str(Path(config.output_dir) / f"worker_{index}"),
+                "tracking": config.tracking.model_copy(update={"enabled": False}),
+            }
+        )
+    task = task_class(config)
     teacher = None
     if config.teacher:
-        teacher = load_model_file(config.teacher, option="teacher")
+        with strategy.scope():
+            teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
-    return Prepared(task, teacher, run_state(config))
+    return Prepared(task, teacher, run_state(config), config, strategy)
 
 
-def run_pipeline(prepared: Prepared, config, session=None) -> dict:
-    """Runs every stage (reusing those finished in `config.output_dir`); returns the report.
+def run_pipeline(prepared: Prepared, session=None) -> dict:
+    """Runs every stage (reusing those finished in `output_dir`); returns the report.
 
     `session` is the MLflow `RunSession` that records the run, or `None` for none. The report
     is also written to `<output_dir>/report.json`.
     """
-    return _Run(prepared, config, session).run()
+    return _Run(prepared, session).run()
 
 
 class _Run:
-    def __init__(self, prepared: Prepared, config, session) -> None:
-        self.task, self.state, self.config = prepared.task, prepared.state, config
+    def __init__(self, prepared: Prepared, session) -> None:
+        self.task, self.state, self.config = prepared.task, prepared.state, prepared.config
+        self.strategy = prepared.strategy
         self.given_teacher = prepared.teacher
         self.session = session
-        self.output = Path(config.output_dir)
+        self.output = Path(self.config.output_dir)
         self.artifacts: dict[str, str] = {}
         self._calibration: np.ndarray | None = None
 
@@ -129,8 +152,10 @@ class _Run:
 
             def train():
                 keras.utils.set_random_seed(config.seed)
-                model = task.build("teacher", "teacher")
-                return model, self.fit(task.plain(model, stage), stage, "teacher")
+                with self.strategy.scope():
+                    model = task.build("teacher", "teacher")
+                    training = task.plain(model, stage)
+                return model, self.fit(training, stage, "teacher")
 
             path = self.output / "teacher.keras"
             teacher, trained = reuse_or_train(self.state, "teacher", path, train)
@@ -153,12 +178,13 @@ class _Run:
 
             def train(spec: Student = spec, stage: Stage = stage):
                 keras.utils.set_random_seed(spec.seed + 1)
-                model = task.build("student", Path(spec.file).stem)
-                training = (
-                    task.distilled(teacher, model, stage)
-                    if spec.distilled
-                    else task.plain(model, stage)
-                )
+                with self.strategy.scope():
+                    model = task.build("student", Path(spec.file).stem, spec)
+                    training = (
+                        task.distilled(teacher, model, stage)
+                        if spec.distilled
+                        else task.plain(model, stage)
+                    )
                 return model, self.fit(training, stage, spec.logged_as)
 
             path = self.output / spec.file
@@ -186,8 +212,9 @@ class _Run:
     def compress(self, teacher, student) -> tuple[list[dict], dict]:
         """Prune and/or QAT the shipped student while distilling, then export and measure it.
 
-        Pruning and QAT are stages: the pruned student is saved as `student_pruned.keras`, the
-        QAT weights as `student_qat.weights.h5`; the `.tflite` is exported again on every run.
+        Low-rank factoring (`compress.lowrank`), pruning and QAT are stages, in that order: the
+        pruned student is saved as `student_pruned.keras`, the QAT weights as
+        `student_qat.weights.h5`; the `.tflite` is exported again on every run.
         """
         config, task, settings = self.config, self.task, self.config.compress
         base = task.before_compression(student)
@@ -199,10 +226,15 @@ class _Run:
             to_tflite(task.deployable(base), "int8", representative_data=images, path=path)
             self.artifacts["student_ptq_int8"] = str(path)
             rows.append(self.tflite_row("student (int8 PTQ TFLite, LiteRT)", path, base, None))
+        parts, seconds = [], 0.0
+        if settings.lowrank > 0:
+            base, trained, details["lowrank"] = self.lowrank(teacher, base)
+            seconds += trained["seconds"]
+            parts.append(f"low-rank {settings.lowrank:g}")
         sparsity, chosen = task.sparsity(base, self.output)
         self.artifacts.update(chosen.pop("artifacts", {}))
         details.update(chosen)
-        model, parts, seconds = base, [], 0.0
+        model = base
         if sparsity is not None:
             stage = Stage(
                 "pruned",
@@ -213,8 +245,9 @@ class _Run:
             )
 
             def prune():
-                pruned = task.prune(base, sparsity)
-                training = task.distilled(teacher, pruned, stage)
+                with self.strategy.scope():
+                    pruned = task.prune(base, sparsity)
+                    training = task.distilled(teacher, pruned, stage)
                 record = self.fit(training, stage, "pruned", [compress.UpdatePruningStep()])
                 return compress.strip(pruned), record
 
@@ -232,14 +265,17 @@ class _Run:
                 seed=config.seed + 101,
                 compressing=True,
             )
-            qat = compress.quantize_aware(
-                model,
-                preserve_sparsity=sparsity is not None,
-                calibration_data=np.array_split(self.calibration_images(), 8),
-            )
+            with self.strategy.scope():
+                qat = compress.quantize_aware(
+                    model,
+                    preserve_sparsity=sparsity is not None,
+                    calibration_data=np.array_split(self.calibration_images(), 8),
+                )
 
             def fine_tune() -> dict:
-                return self.fit(task.distilled(teacher, qat, stage), stage, "qat")
+                with self.strategy.scope():
+                    training = task.distilled(teacher, qat, stage)
+                return self.fit(training, stage, "qat")
 
             path = self.output / "student_qat.weights.h5"
             trained = reuse_or_train_weights(self.state, "qat", qat, path, fine_tune)
@@ -260,6 +296,35 @@ class _Run:
         if mode is not None:
             rows.append(self.export(model, base, mode, seconds, details))
         return rows, details
+
+    def lowrank(self, teacher, student) -> tuple[keras.Model, dict, dict]:
+        """`student` with its k×k convs factored into k×1 + 1×k pairs, recovered while distilling.
+
+        A stage: the recovered student is saved as `student_lowrank.keras`. Returns it, the
+        stage's record and the per-layer ranks, parameters and kernel errors at decomposition.
+        """
+        config, task, settings = self.config, self.task, self.config.compress
+        stage = Stage(
+            "lowrank",
+            settings.lowrank_epochs,
+            settings.learning_rate,
+            seed=config.seed + 99,
+            compressing=True,
+        )
+
+        def recover():
+            with self.strategy.scope():
+                factored = compress.decompose(student, settings.lowrank)
+            record = {"seconds": 0.0, "loss": None}
+            if stage.epochs > 0:
+                with self.strategy.scope():
+                    training = task.distilled(teacher, factored, stage)
+                record = self.fit(training, stage, "lowrank")
+            return factored, {**record, "report": compress.lowrank_report(student, factored)}
+
+        path = self.output / "student_lowrank.keras"
+        factored, trained = reuse_or_train(self.state, "lowrank", path, recover)
+        return factored, trained, trained["report"]
 
     def export(self, model, base, mode: str, seconds: float, details: dict) -> dict:
         """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""

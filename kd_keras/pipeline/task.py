@@ -78,10 +78,9 @@ class Training:
 class Task(abc.ABC):
     """The task-specific half of a recipe; the config is the recipe's, validated.
 
-    The config must have the shared keys read by `run_pipeline` (`output_dir`, `seed`,
-    `teacher`, `teacher_epochs`, `epochs`, `learning_rate`, `latency_runs`, `tracking`,
-    `distill`, `compress`). A task loads and checks its data when it is built, so every data
-    error is raised before training.
+    The config must have the shared keys read by `run_pipeline` (those of
+    `kd_keras.settings.RunConfig`, plus `seed`, `distill` and `compress`). A task loads and
+    checks its data when it is built, so every data error is raised before training.
     """
 
     #: `report["task"]` and the MLflow task tag.
@@ -116,8 +115,11 @@ class Task(abc.ABC):
         """Raises `ValueError` naming `path` when a given teacher does not fit the data."""
 
     @abc.abstractmethod
-    def build(self, role: str, name: str) -> keras.Model:
-        """A new `teacher` or `student` network (built from `teacher_model` / `student_model`)."""
+    def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
+        """A new `teacher` or `student` network (built from `teacher_model` / `student_model`).
+
+        `student` is the student being built, for tasks whose students differ in structure.
+        """
 
     # --- training ---
 

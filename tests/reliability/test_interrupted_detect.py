@@ -157,8 +157,6 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     assert "student_model.width: 0.5 -> 0.75" in err and "--restart" in err
     assert (output / "teacher.keras").read_bytes() == b"stands for a finished teacher"
     # Tracking settings may change freely; --restart forgets the stages.
-    assert RunState(output, config_lib.to_dict(config), RERUN_SAFE_KEYS).finished == [
-        "teacher"
-    ]
+    assert RunState(output, config_lib.to_dict(config), RERUN_SAFE_KEYS).finished == ["teacher"]
     restarted = detect.prepare(detect.parse_config([*changed, "--restart"]))
     assert restarted.state.finished == [] and not (output / "run_state.json").exists()

@@ -1,0 +1,153 @@
+import json
+
+import pytest
+
+from classification.config import ClassifyConfig
+from classification.task import ClassificationTask
+from kd_keras.config import from_dict
+from kd_keras.pipeline import Student, prepare, run_pipeline
+
+TINY = {
+    "epochs": 2,
+    "teacher_epochs": 2,
+    "latency_runs": 3,
+    "teacher_model": {"width": 0.5},
+    "compress": {"prune_epochs": 1, "qat_epochs": 1, "calibration_images": 32},
+    "tracking": {"enabled": False},
+}
+
+
+@pytest.mark.slow
+def test_pipeline_from_python_then_rerun_reuses_every_stage(tmp_path):
+    config = from_dict(ClassifyConfig, {**TINY, "output_dir": str(tmp_path)})
+    report = run_pipeline(prepare(ClassificationTask, config))
+    names = [row["model"] for row in report["rows"]]
+    assert names == [
+        "teacher",
+        "student (scratch)",
+        "student (distilled)",
+        "student (pruned 50%, QAT)",
+        "student (int8 TFLite, LiteRT)",
+    ]
+    assert report["reused_stages"] == []
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    rows = {row["model"]: row for row in report["rows"]}
+    # The teacher and the float students are timed as float32 .tflite files too.
+    assert all(rows[name]["latency_ms"] > 0 for name in names if name != names[3])
+    assert rows["student (int8 TFLite, LiteRT)"]["params"] == rows["student (scratch)"]["params"]
+    # The distilled student's temperature is recorded per epoch (constant by default).
+    assert report["temperatures_per_epoch"] == {"distilled": [4.0, 4.0]}
+
+    again = run_pipeline(prepare(ClassificationTask, config))
+    assert again["reused_stages"] == ["teacher", "scratch", "student", "pruned", "qat"]
+    for first, second in zip(report["rows"], again["rows"]):
+        assert second["accuracy"] == first["accuracy"], second["model"]
+
+
+def test_the_shipped_student_and_the_baseline_come_from_the_task(tmp_path):
+    config = from_dict(ClassifyConfig, {**TINY, "output_dir": str(tmp_path)})
+    students = ClassificationTask(config).students()
+    assert [s.stage for s in students] == ["scratch", "student"]
+    assert [s.distilled for s in students] == [False, True]
+    assert [s.ships for s in students] == [False, True]
+    assert students[1] == Student(
+        "student", "distilled", "student.keras", seed=0, ships=True, logged_as="distilled"
+    )
+
+
+def test_subset_beyond_the_data_is_refused_when_the_task_is_built(tmp_path):
+    config = from_dict(ClassifyConfig, {**TINY, "classes": [0, 12]})
+    with pytest.raises(ValueError, match="Class 12 does not exist: the teacher has 10 classes"):
+        ClassificationTask(config)
+
+
+def test_each_method_adds_a_student_built_with_it(tmp_path):
+    config = from_dict(ClassifyConfig, {**TINY, "methods": ["lma"], "output_dir": str(tmp_path)})
+    task = ClassificationTask(config)
+    students = task.students()
+    assert [s.label for s in students] == ["scratch", "distilled", "distilled, LMA activations"]
+    lma = students[-1]
+    assert (lma.stage, lma.file, lma.kd, lma.ships) == (
+        "student_lma",
+        "student_lma.keras",
+        "lma",
+        False,
+    )
+    layers = [type(layer).__name__ for layer in task.build("student", "s", lma).layers]
+    plain = [type(layer).__name__ for layer in task.build("student", "s", students[1]).layers]
+    assert "LMA" in layers and "LMA" not in plain
+    assert layers.count("LMA") == plain.count("ReLU")
+
+
+@pytest.mark.slow
+def test_an_lma_student_ships_as_int8_and_agrees_in_litert(tmp_path):
+    import tf_keras as keras
+
+    settings = {**TINY, "student_model": {"width": 0.25, "activation": "lma"}}
+    config = from_dict(ClassifyConfig, {**settings, "output_dir": str(tmp_path)})
+    report = run_pipeline(prepare(ClassificationTask, config))
+    rows = {row["model"]: row for row in report["rows"]}
+    student = keras.models.load_model(tmp_path / "student.keras")
+    assert sum(type(layer).__name__ == "LMA" for layer in student.layers) == 3
+    int8 = rows["student (int8 TFLite, LiteRT)"]
+    qat = rows["student (pruned 50%, QAT)"]
+    assert abs(int8["accuracy"] - qat["accuracy"]) <= 0.03
+    assert report["compression"]["export"]["parity"]["top1_agreement"] >= 0.97
+    assert int8["size_bytes"] < rows["student (distilled)"]["size_bytes"] / 3
+
+
+@pytest.mark.slow
+def test_lowrank_factors_the_student_before_pruning_and_qat(tmp_path):
+    compression = {**TINY["compress"], "lowrank": 0.5, "lowrank_epochs": 1}
+    config = from_dict(
+        ClassifyConfig, {**TINY, "compress": compression, "output_dir": str(tmp_path)}
+    )
+    report = run_pipeline(prepare(ClassificationTask, config))
+    rows = {row["model"]: row for row in report["rows"]}
+    factored = rows["student (low-rank 0.5, pruned 50%, QAT)"]
+    int8 = rows["student (int8 TFLite, LiteRT)"]
+    distilled = rows["student (distilled)"]
+    lowrank = report["compression"]["lowrank"]
+    assert factored["params"] == int8["params"] == lowrank["params_after"]
+    assert lowrank["params_before"] == distilled["params"] > int8["params"]
+    assert all(layer["rank"] >= 1 for layer in lowrank["layers"].values())
+    assert lowrank["layers"]["stage2_block1_conv"]["rank"] == 8  # half of its 16 channels
+    # The first conv stays dense under pruning (keep_dense), also once factored.
+    sparsity = report["compression"]["sparsity"]
+    assert all(sparsity[name] == 0.0 for name in sparsity if name.startswith("stage1_block1_conv"))
+    assert abs(int8["accuracy"] - factored["accuracy"]) <= 0.03
+    assert int8["size_bytes"] < rows["student (distilled)"]["size_bytes"] / 3
+
+
+@pytest.mark.slow
+def test_robust_method_row_and_pgd_accuracy_of_every_model(tmp_path):
+    settings = {**TINY, "methods": ["robust"], "compress": {**TINY["compress"], "qat_epochs": 0}}
+    config = from_dict(ClassifyConfig, {**settings, "output_dir": str(tmp_path)})
+    report = run_pipeline(prepare(ClassificationTask, config))
+    rows = {row["model"]: row for row in report["rows"]}
+    robust = rows["student (distilled, robust KD (PGD))"]
+    plain = rows["student (distilled)"]
+    assert robust["params"] == plain["params"]
+    for name in ("teacher", "student (scratch)", "student (distilled)", robust["model"]):
+        assert 0 <= rows[name]["pgd_accuracy"] <= rows[name]["accuracy"], name
+    # Trained on PGD examples of the radius it is attacked with, the robust student resists them.
+    assert robust["pgd_accuracy"] > plain["pgd_accuracy"]
+
+
+def test_robust_kd_with_offline_teacher_outputs_is_refused():
+    from kd_keras.config import ConfigError
+
+    with pytest.raises(ConfigError, match="offline=true cannot be combined with robust KD"):
+        from_dict(ClassifyConfig, {"offline": True, "methods": ["robust"]})
+
+
+@pytest.mark.slow
+def test_okddip_student_learns_from_peers_without_the_teacher(tmp_path):
+    settings = {**TINY, "methods": ["okddip"], "compress": {**TINY["compress"], "qat_epochs": 0}}
+    config = from_dict(ClassifyConfig, {**settings, "output_dir": str(tmp_path)})
+    report = run_pipeline(prepare(ClassificationTask, config))
+    rows = {row["model"]: row for row in report["rows"]}
+    online = rows["student (distilled, OKDDip peers, no teacher)"]
+    assert online["params"] == rows["student (distilled)"]["params"]  # the leader alone is kept
+    assert online["accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert (tmp_path / "student_okddip.keras").is_file()
