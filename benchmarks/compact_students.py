@@ -1,9 +1,11 @@
-"""Compact students on the built-in digits: LMA activations and low-rank convolutions.
+"""Compact students on the built-in digits: LMA, robust KD, OKDDip, low-rank convolutions.
 
     python benchmarks/compact_students.py [--ranks 0.25 0.5 0.75] [--output runs/compact]
 
-(1) The default classification pipeline with `methods: [lma]`: a ReLU and an LMA student
-    distilled on the same budget from the same initial weights, side by side.
+(1) The default classification pipeline with `methods: [lma, robust, okddip]`: the distilled
+    ReLU student beside an LMA student, a robust-KD student and an OKDDip student (peers, no
+    teacher), all on the same budget from the same initial weights; every row also gets its
+    accuracy under a 10-step PGD attack (ε = 0.1).
 (2) The same pipeline with `compress.lowrank` at each rank, reusing the first run's teacher:
     the shipped int8 student's parameters, FLOPs, size, LiteRT latency and accuracy per rank,
     against the full-rank (pruned + QAT) student of run (1).
@@ -40,15 +42,27 @@ def main() -> None:
     args = parser.parse_args()
     output = Path(args.output)
 
-    base = _run({"methods": ["lma"]}, output / "base")
+    base = _run({"methods": ["lma", "robust", "okddip"]}, output / "base")
     rows = {row["model"]: row for row in base["rows"]}
     relu, lma = rows["student (distilled)"], rows["student (distilled, LMA activations)"]
-    print("== LMA vs ReLU student (distilled, same budget and initial weights) ==")
-    print(format_table([rows["student (scratch)"], relu, lma], COLUMNS))
+    robust = rows["student (distilled, robust KD (PGD))"]
+    online = rows["student (distilled, OKDDip peers, no teacher)"]
+    print("== Students on the same budget and initial weights ==")
+    students = [rows["teacher"], rows["student (scratch)"], relu, lma, robust, online]
+    print(
+        format_table(
+            students, [*COLUMNS[:2], ("pgd_accuracy", "PGD accuracy", ".4f"), *COLUMNS[2:]]
+        )
+    )
     print(
         f"LMA - ReLU accuracy: {lma['accuracy'] - relu['accuracy']:+.4f}; params "
         f"{lma['params'] / relu['params']:.3f}x, float LiteRT latency "
         f"{lma['latency_ms'] / relu['latency_ms']:.2f}x"
+    )
+    print(
+        f"robust - plain KD: clean {robust['accuracy'] - relu['accuracy']:+.4f}, PGD "
+        f"{robust['pgd_accuracy'] - relu['pgd_accuracy']:+.4f}; OKDDip - KD: "
+        f"{online['accuracy'] - relu['accuracy']:+.4f}"
     )
 
     shipped = base["rows"][-1]
@@ -65,7 +79,7 @@ def main() -> None:
     print(format_table(table, [*COLUMNS, *RATIOS]))
 
     output.mkdir(parents=True, exist_ok=True)
-    result = {"lma": {"relu": relu, "lma": lma}, "lowrank": table}
+    result = {"students": students, "lowrank": table}
     (output / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {output / 'benchmark.json'}")
 

@@ -225,7 +225,11 @@ def test_mirrored_strategy_matches_single_device():
         return history, gradients
 
     single, single_gradients = loss_and_gradients(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    # Reduced on one device rather than with collective ops, whose instance keys can clash with
+    # those of another strategy made earlier in the same test process.
+    mirrored = tf.distribute.MirroredStrategy(
+        [d.name for d in devices[:2]], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     assert mirrored.num_replicas_in_sync == 2
     replicated, replicated_gradients = loss_and_gradients(mirrored)
     for name in ("loss", "leader_loss", "peer_loss", "attention_entropy", "accuracy"):
