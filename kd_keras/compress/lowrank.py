@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras.compress.prune import check_functional, is_pruned
+from kd_keras.compress.prune import check_exclude, check_functional, is_pruned
 from kd_keras.compress.quantize import is_quantize_aware
 
 VERTICAL_SUFFIX, HORIZONTAL_SUFFIX = "_v", "_h"
@@ -107,13 +107,8 @@ def decompose(
             "quantize_aware the result (or kd_keras.compress.strip a pruned model). "
             f"Received: model={model.name!r} with pruning or quantization wrappers."
         )
+    check_exclude(model, exclude)
     names = [layer.name for layer in model.layers]
-    unknown = sorted(set(exclude) - set(names))
-    if unknown:
-        raise ValueError(
-            f"Cannot exclude layers that model {model.name!r} does not have. Its layers are: "
-            f"{names}. Received: exclude={list(exclude)}."
-        )
 
     # === Functional Model ===
     # KerasTensors of `model` (by id) -> tensors of the new graph.

@@ -112,13 +112,7 @@ def prune(
     schedule_object = pruning_schedule(
         sparsity, schedule, begin_step, end_step, initial_sparsity, frequency
     )
-    names = [layer.name for layer in model.layers]
-    unknown = sorted(set(exclude) - set(names))
-    if unknown:
-        raise ValueError(
-            f"Cannot exclude layers that model {model.name!r} does not have. Its layers are: "
-            f"{names}. Received: exclude={list(exclude)}."
-        )
+    check_exclude(model, exclude)
     # A private copy: TF-MOT's wrappers share the weights of the layers they wrap.
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -154,6 +148,17 @@ class UpdatePruningStep(_sparsity.UpdatePruningStep):
             keras.backend.batch_set_value(
                 [(layer.pruning_step, 0) for layer in self.prunable_layers]
             )
+
+
+def check_exclude(model: keras.Model, exclude: Sequence[str]) -> None:
+    """Refuses `exclude` names that are not layers of `model`, listing the layers it has."""
+    names = [layer.name for layer in model.layers]
+    unknown = sorted(set(exclude) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Cannot exclude layers that model {model.name!r} does not have. Its layers are: "
+            f"{names}. Received: exclude={list(exclude)}."
+        )
 
 
 def pruned_layers(model: keras.Model) -> list:
