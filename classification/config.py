@@ -14,7 +14,7 @@ from pydantic import Field
 from kd_keras import config as config_lib
 from kd_keras import settings as shared
 
-Method = Literal["lma", "robust", "okddip"]
+Method = Literal["lma", "robust", "okddip", "budget", "progressive"]
 
 
 class ModelSettings(shared.ModelSettings):
@@ -109,7 +109,9 @@ class ClassifyConfig(shared.RunConfig):
     `data` is an image folder (one subfolder per class) read at `image_size` with `channels`;
     null means scikit-learn's digits. Each of `methods` adds a row: a student distilled on the
     same budget with that compact-student method (`lma`: LMA activations; `robust`: robust KD on
-    PGD examples; `okddip`: online KD among peers, no teacher; see `DistillSettings`).
+    PGD examples; `okddip`: online KD among peers, no teacher; see `DistillSettings`;
+    `budget`: per-conv widths learned to fit `budget`; `progressive`: blockwise KD, see
+    `progressive`).
     """
 
     image_size: int = Field(32, ge=8)
@@ -131,6 +133,8 @@ class ClassifyConfig(shared.RunConfig):
     student_model: ModelSettings = ModelSettings(width=0.25, depth=1)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
+    budget: shared.BudgetSettings = shared.BudgetSettings()
+    progressive: shared.ProgressiveSettings = shared.ProgressiveSettings()
 
     @pydantic.model_validator(mode="after")
     def _check(self):

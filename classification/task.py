@@ -19,15 +19,16 @@ from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export, offline
 from kd_keras.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.distiller import Distiller
-from kd_keras.models import build_cnn_classifier
+from kd_keras.models import build_cnn_classifier, stage_outputs
 from kd_keras.online import OnlineDistiller
-from kd_keras.pipeline import Stage, Student, Task, Training
+from kd_keras.pipeline import Stage, Student, Task, Training, methods
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
 METHOD_LABELS = {
     "lma": "LMA activations",
     "robust": "robust KD (PGD)",
     "okddip": "OKDDip peers, no teacher",
+    **methods.LABELS,
 }
 
 
@@ -111,7 +112,8 @@ class ClassificationTask(Task):
         classes = self.train.num_classes
         if role == "student" and self.subset is not None:
             classes = self.subset.num_classes
-        activation = "lma" if student is not None and student.kd == "lma" else size.activation
+        kd = None if student is None else student.kd
+        activation = "lma" if kd == "lma" else size.activation
         return build_cnn_classifier(
             self.train.input_shape,
             classes,
@@ -148,6 +150,17 @@ class ClassificationTask(Task):
                 for method in self.config.methods
             ),
         ]
+
+    def block_boundaries(self, teacher: keras.Model, student: keras.Model):
+        """The stages' ends (`stage<i>_pool`): both networks have one stage per base width."""
+        ends = stage_outputs(teacher), stage_outputs(student)
+        if len(ends[0]) != len(ends[1]) or not ends[1]:
+            raise ValueError(
+                "Progressive KD replaces teacher stages by student stages one for one, but the "
+                f"teacher's stages end at {ends[0]} and the student's at {ends[1]}. Use a teacher "
+                "built by kd_keras.models.build_cnn_classifier with the same base_filters."
+            )
+        return list(zip(*ends, strict=True))
 
     # --- training ---
 

@@ -78,6 +78,9 @@ class DetectConfig(shared.RunConfig):
 
     `data` + `annotations` are a COCO images folder and instances JSON (null: the built-in
     shapes, `builtin_train` + `builtin_val` images written to `builtin_dir`).
+    Each of `methods` adds a student row distilled with that compact-student method: `budget`
+    (per-conv backbone widths learned to fit `budget`) or `progressive` (the backbone's stages
+    learn the teacher's one at a time, see `progressive`).
     """
 
     annotations: str | None = None
@@ -94,6 +97,7 @@ class DetectConfig(shared.RunConfig):
     learning_rate: float = Field(0.004, gt=0)
     seed: int = 0
     ablation: bool = False
+    methods: tuple[Literal["budget", "progressive"], ...] = ()
     latency_runs: int = Field(100, ge=1)
     output_dir: str = "runs/detect"
     tracking: shared.TrackingSettings = shared.TrackingSettings(
@@ -103,6 +107,8 @@ class DetectConfig(shared.RunConfig):
     student_model: shared.BackboneSettings = shared.BackboneSettings(width=0.5, depth=1)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
+    budget: shared.BudgetSettings = shared.BudgetSettings()
+    progressive: shared.ProgressiveSettings = shared.ProgressiveSettings()
 
     @pydantic.model_validator(mode="after")
     def _check(self):

@@ -29,7 +29,7 @@ from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
-from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size
+from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, methods
 
 ABLATION = ("heatmap", "box", "hint")
 
@@ -149,7 +149,28 @@ class DetectionTask(Task):
         distilled = Student(
             "student", "distilled", "student.keras", seed=seed, ships=True, logged_as="distilled"
         )
-        return [scratch, *ablation, distilled]
+        compact = [
+            Student(
+                f"student_{method}",
+                f"distilled, {methods.LABELS[method]}",
+                f"student_{method}.keras",
+                kd=method,
+                seed=seed,
+                logged_as=method,
+            )
+            for method in self.config.methods
+        ]
+        return [scratch, *ablation, distilled, *compact]
+
+    def block_boundaries(self, teacher: keras.Model, student: keras.Model):
+        """The backbone's stem and its stride-4, 8 and 16 stages."""
+        return [("stem_relu", "stem_relu")] + [
+            (f"stage{index}_out", f"stage{index}_out") for index in (1, 2, 3)
+        ]
+
+    def budget_scope(self, layer_name: str) -> bool:
+        """The budget applies to the backbone (stem and stages), not the neck or heads."""
+        return layer_name.startswith(("stem", "stage"))
 
     # --- training ---
 

@@ -84,6 +84,37 @@ class CompressSettings(ConfigModel):
         return self
 
 
+class BudgetSettings(ConfigModel):
+    """The `budget` student (`kd_keras.budget`): per-conv widths learned to fit a budget.
+
+    `student_model` with every prunable conv `start_width` times wider (in a residual backbone:
+    the inner convs of each block) is distilled for `search_epochs` with a cost-weighted L1
+    penalty of strength `penalty` on its BatchNorm scales; one global
+    threshold on those scales then gives every prunable conv a width (at least `min_channels`)
+    so the student costs at most `target` `measure` (`flops` or `params`; null: what the
+    uniform-width `student_model` costs). The convs are cut one at a time, each cut followed by
+    `cut_epochs` of distillation, and the student is then distilled for `epochs` like the others.
+    """
+
+    measure: Literal["flops", "params"] = "flops"
+    target: int | None = Field(None, ge=1)
+    start_width: float = Field(2.0, gt=1)
+    penalty: float = Field(1e-3, ge=0)
+    search_epochs: int = Field(10, ge=1)
+    cut_epochs: int = Field(1, ge=0)
+    min_channels: int = Field(2, ge=1)
+
+
+class ProgressiveSettings(ConfigModel):
+    """The `progressive` student (`kd_keras.progressive`): blockwise, then end to end.
+
+    Each student block learns to reproduce its teacher block's output for `block_epochs`, the
+    blocks before it frozen, before `epochs` of distillation of the whole student.
+    """
+
+    block_epochs: int = Field(2, ge=1)
+
+
 class TrackingSettings(ConfigModel):
     """The MLflow run: `uri` null means `MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db`."""
 
@@ -118,10 +149,12 @@ class RunConfig(ConfigModel):
 __all__ = [
     "Backbone",
     "BackboneSettings",
+    "BudgetSettings",
     "CompressSettings",
     "DistillSettings",
     "ExportMode",
     "ModelSettings",
+    "ProgressiveSettings",
     "RunConfig",
     "ScheduleName",
     "TrackingSettings",

@@ -79,6 +79,16 @@ def build_cnn_classifier(
     return keras.Model(inputs, outputs, name=name)
 
 
+def stage_outputs(model: keras.Model) -> list[str]:
+    """Names of the layers ending each stage of a `build_cnn_classifier` model, in order."""
+    ends: dict[str, str] = {}
+    for layer in model.layers:
+        stage = layer.name.split("_", 1)[0]
+        if stage.startswith("stage"):
+            ends[stage] = layer.name
+    return list(ends.values())
+
+
 def build_teacher(input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
     """The default teacher: width 2, two blocks per stage."""
     kwargs = {"width_multiplier": 2.0, "depth_multiplier": 2, "name": "teacher", **kwargs}

@@ -2,7 +2,7 @@
 
 - `run_pipeline(prepare(task, config), config, session)`: teacher, students, prune + QAT,
   TFLite, LiteRT evaluation, report and MLflow record, for any `Task`.
-- `Task`, `Student`, `Stage`, `Training`: what a task supplies.
+- `Task`, `Student`, `Stage`, `Training`, `Phases`: what a task supplies.
 - `fit_resumable`, `reuse_or_train`, ...: the resumable stages the sequence is made of, usable
   alone.
 """
@@ -17,10 +17,11 @@ from kd_keras.pipeline.resumable import (
     training_record,
 )
 from kd_keras.pipeline.sequence import Prepared, prepare, run_pipeline
-from kd_keras.pipeline.task import Stage, Student, Task, Training
+from kd_keras.pipeline.task import Phases, Stage, Student, Task, Training
 
 __all__ = [
     "RERUN_SAFE_KEYS",
+    "Phases",
     "Prepared",
     "Stage",
     "Student",

@@ -94,6 +94,7 @@ class _Run:
         self.session = session
         self.output = Path(self.config.output_dir)
         self.artifacts: dict[str, str] = {}
+        self.student_details: dict[str, dict] = {}
         self._calibration: np.ndarray | None = None
 
     def run(self) -> dict:
@@ -118,6 +119,7 @@ class _Run:
             "rows": rows,
             **({"seed_runs": seed_runs} if seed_runs else {}),
             "temperatures_per_epoch": temperatures,
+            **({"student_details": self.student_details} if self.student_details else {}),
             "compression": compression,
             "reused_stages": self.state.reused,
             "artifacts": self.artifacts,
@@ -178,14 +180,10 @@ class _Run:
 
             def train(spec: Student = spec, stage: Stage = stage):
                 keras.utils.set_random_seed(spec.seed + 1)
+                phases = _Phases(self, stage, spec.logged_as)
                 with self.strategy.scope():
-                    model = task.build("student", Path(spec.file).stem, spec)
-                    training = (
-                        task.distilled(teacher, model, stage)
-                        if spec.distilled
-                        else task.plain(model, stage)
-                    )
-                return model, self.fit(training, stage, spec.logged_as)
+                    model = task.train_student(teacher, spec, stage, phases)
+                return model, phases.record()
 
             path = self.output / spec.file
             model, trained = reuse_or_train(self.state, spec.stage, path, train)
@@ -199,6 +197,8 @@ class _Run:
                 self.artifacts[Path(spec.file).stem] = str(path)
                 if "temperatures" in trained:
                     temperatures[spec.label] = trained["temperatures"]
+                if "details" in trained:
+                    self.student_details[spec.label] = trained["details"]
             if spec.ships:
                 shipped = (spec, model)
                 self.artifacts["student"] = str(path)
@@ -436,6 +436,39 @@ class _Run:
             "model_uri": record.model_uri,
             "complete": record.complete,
         }
+
+
+class _Phases:
+    """`Phases` of one student: its own stage checkpointed, earlier phases saved as weights."""
+
+    def __init__(self, run: _Run, stage: Stage, logged_as: str | None) -> None:
+        self.run, self.stage, self.logged_as = run, stage, logged_as
+        self.seconds, self.last, self.details = 0.0, None, {}
+
+    def fit(self, model: keras.Model, training: Training, stage: Stage) -> None:
+        run = self.run
+        if stage.name == self.stage.name:
+            self.last = run.fit(training, stage, self.logged_as)
+            self.seconds += self.last["seconds"]
+            return
+        path = run.output / "phases" / f"{stage.name}.weights.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = reuse_or_train_weights(
+            run.state, stage.name, model, path, lambda: run.fit(training, stage, None)
+        )
+        self.seconds += record["seconds"]
+
+    def note(self, **details) -> None:
+        self.details.update(details)
+
+    def record(self) -> dict:
+        if self.last is None:
+            raise ValueError(
+                f"train_student never trained the stage {self.stage.name!r} itself: its last "
+                "phase must be named as the student's stage."
+            )
+        details = {"details": self.details} if self.details else {}
+        return {**self.last, "seconds": round(self.seconds, 1), **details}
 
 
 def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:

@@ -11,7 +11,7 @@ import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tf_keras as keras
@@ -75,6 +75,21 @@ class Training:
     steps_per_epoch: int | None = None
 
 
+class Phases(Protocol):
+    """Runs the trainings of one student for `Task.train_student`."""
+
+    def fit(self, model: keras.Model, training: Training, stage: Stage) -> None:
+        """Fits `training` for `stage.epochs`; `model` is the network it trains.
+
+        A stage named as the student's own is its last training (resumed from a checkpoint when
+        interrupted). Any other name is a phase before it: once finished, `model`'s weights are
+        saved and a rerun loads them instead of training again.
+        """
+
+    def note(self, **details) -> None:
+        """Keeps `details` (JSON-able) with the student's record, under `report["details"]`."""
+
+
 class Task(abc.ABC):
     """The task-specific half of a recipe; the config is the recipe's, validated.
 
@@ -134,6 +149,38 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def students(self) -> list[Student]:
         """The students to train, in order; the scratch baseline first, one that `ships`."""
+
+    def train_student(
+        self, teacher: keras.Model, student: Student, stage: Stage, phases: Phases
+    ) -> keras.Model:
+        """Builds and trains `student`, returning its network.
+
+        Default: one training, except for the phased methods of `kd_keras.pipeline.methods`
+        (`kd="budget"`, `kd="progressive"`). A task with other methods that train in several
+        phases overrides this and runs each phase through `phases.fit`; the last one is named
+        `stage.name`.
+        """
+        from kd_keras.pipeline import methods
+
+        if student.kd == "budget":
+            return methods.train_budgeted(self, teacher, student, stage, phases)
+        if student.kd == "progressive":
+            return methods.train_progressive(self, teacher, student, stage, phases)
+        model = self.build("student", Path(student.file).stem, student)
+        if student.distilled:
+            training = self.distilled(teacher, model, stage)
+        else:
+            training = self.plain(model, stage)
+        phases.fit(model, training, stage)
+        return model
+
+    def block_boundaries(self, teacher: keras.Model, student: keras.Model) -> list[tuple[str, str]]:
+        """`(teacher layer, student layer)` pairs where the same block ends, for progressive KD."""
+        raise NotImplementedError(f"{type(self).__name__} does not support progressive KD.")
+
+    def budget_scope(self, layer_name: str) -> bool:
+        """Whether the budgeted student may narrow this layer (default: every prunable conv)."""
+        return True
 
     # --- evaluation ---
 
@@ -199,4 +246,4 @@ class Task(abc.ABC):
         return {}
 
 
-__all__ = ["Stage", "Student", "Task", "Training"]
+__all__ = ["Phases", "Stage", "Student", "Task", "Training"]

@@ -151,3 +151,52 @@ def test_okddip_student_learns_from_peers_without_the_teacher(tmp_path):
     assert online["params"] == rows["student (distilled)"]["params"]  # the leader alone is kept
     assert online["accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert (tmp_path / "student_okddip.keras").is_file()
+
+
+@pytest.mark.slow
+def test_budgeted_and_progressive_students_and_their_phases_resume(tmp_path):
+    settings = {
+        **TINY,
+        "methods": ["budget", "progressive"],
+        "budget": {"search_epochs": 2},
+        "progressive": {"block_epochs": 1},
+        "compress": {"sparsity": 0, "qat_epochs": 0, "export": None},
+        "output_dir": str(tmp_path),
+    }
+    config = from_dict(ClassifyConfig, settings)
+    report = run_pipeline(prepare(ClassificationTask, config))
+    rows = {row["model"]: row for row in report["rows"]}
+    uniform = rows["student (distilled)"]
+    budgeted = rows["student (distilled, budgeted widths)"]
+    blockwise = rows["student (distilled, progressive blockwise)"]
+    details = report["student_details"]["distilled, budgeted widths"]
+    # The default budget is the uniform student's FLOPs; the learned widths stay within it.
+    assert details["measure"] == "flops"
+    assert details["target"] == details["uniform"] == uniform["flops"]
+    assert budgeted["flops"] == details["achieved"] <= details["target"]
+    assert details["uniform_widths"] == {
+        "stage1_block1_conv": 8,
+        "stage2_block1_conv": 16,
+        "stage3_block1_conv": 32,
+    }
+    assert details["widths"] != details["uniform_widths"]
+    assert blockwise["params"] == uniform["params"]
+    for row in (budgeted, blockwise):
+        assert row["accuracy"] > 0.3, row["model"]  # 10 classes: chance is 0.1
+    phases = sorted(path.name for path in (tmp_path / "phases").iterdir())
+    assert "student_budget_search.weights.h5" in phases
+    assert [name for name in phases if "progressive" in name] == [
+        f"student_progressive_block{i}.weights.h5" for i in (1, 2, 3)
+    ]
+
+    # Interrupted in its last phase, the budgeted student resumes after the finished phases.
+    state_path = tmp_path / "run_state.json"
+    state = json.loads(state_path.read_text())
+    state["stages"] = [s for s in state["stages"] if s["stage"] != "student_budget"]
+    state_path.write_text(json.dumps(state))
+    search = (tmp_path / "phases" / "student_budget_search.weights.h5").stat().st_mtime_ns
+    again = run_pipeline(prepare(ClassificationTask, config))
+    assert "student_budget_search" in again["reused_stages"]
+    assert "student_budget" not in again["reused_stages"]
+    assert (tmp_path / "phases" / "student_budget_search.weights.h5").stat().st_mtime_ns == search
+    assert again["student_details"]["distilled, budgeted widths"]["widths"] == details["widths"]

@@ -1,0 +1,132 @@
+"""Budgeted and progressive students against the uniform-width distilled student, same budget.
+
+    python benchmarks/budget_progressive.py [--seeds 0 1 2] [--skip-detect] [--output DIR]
+
+(1) Digits, the default classification pipeline with `methods: [budget, progressive]`, once
+    per seed: the uniform distilled student (width 0.25), the budgeted student (widths learned
+    from a 2x-wide start under the uniform student's FLOPs) and the progressive blockwise
+    student, with FLOPs and params against the budget; mean ± std over the seeds.
+(2) Built-in shapes, the default detection pipeline with the same methods (one seed): the budget
+    is on the backbone (stem and inner block convs).
+Compression is off (the shipped student's int8 figures are `compact_students.py`'s).
+Prints the figures and the differences; writes `<output>/benchmark.json`. Not a test; never in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+UNIFORM, BUDGET, PROGRESSIVE = (
+    "student (distilled)",
+    "student (distilled, budgeted widths)",
+    "student (distilled, progressive blockwise)",
+)
+
+
+def _run(task: str, overrides: dict, output: Path) -> dict:
+    from kd_keras.config import from_dict
+    from kd_keras.pipeline import prepare, run_pipeline
+
+    if task == "classify":
+        from classification.config import ClassifyConfig as Config
+        from classification.task import ClassificationTask as Task
+    else:
+        from detection.config import DetectConfig as Config
+        from detection.task import DetectionTask as Task
+    settings = {**overrides, "output_dir": str(output), "tracking": {"enabled": False}}
+    # The students are compared as trained (float LiteRT latency); compression is not re-measured.
+    settings.update(methods=["budget", "progressive"], compress={"sparsity": 0, "qat_epochs": 0})
+    return run_pipeline(prepare(Task, from_dict(Config, settings)))
+
+
+def _students(report: dict) -> list[dict]:
+    rows = {row["model"]: row for row in report["rows"]}
+    return [rows[name] for name in ("teacher", "student (scratch)", UNIFORM, BUDGET, PROGRESSIVE)]
+
+
+def _summary(report: dict, metric: str) -> str:
+    rows = {row["model"]: row for row in report["rows"]}
+    details = report["student_details"]["distilled, budgeted widths"]
+    uniform = rows[UNIFORM]
+    return (
+        f"budget {details['measure']} {details['target']:,}: budgeted student "
+        f"{details['achieved']:,} ({details['achieved'] / details['target']:.3f}x), widths "
+        f"{list(details['widths'].values())} vs uniform {list(details['uniform_widths'].values())}"
+        f"; {metric}: budgeted - uniform {rows[BUDGET][metric] - uniform[metric]:+.4f}, "
+        f"progressive - uniform {rows[PROGRESSIVE][metric] - uniform[metric]:+.4f}; train "
+        f"seconds uniform {uniform['train_seconds']:.0f}, budgeted "
+        f"{rows[BUDGET]['train_seconds']:.0f}, progressive {rows[PROGRESSIVE]['train_seconds']:.0f}"
+    )
+
+
+def main() -> None:
+    from kd_keras.report import format_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--skip-detect", action="store_true")
+    parser.add_argument("--output", default="runs/budget_progressive")
+    args = parser.parse_args()
+    output = Path(args.output)
+    result: dict = {"classification": {}, "detection": None}
+
+    accuracies: dict[str, list[float]] = {UNIFORM: [], BUDGET: [], PROGRESSIVE: []}
+    for seed in args.seeds:
+        report = _run("classify", {"seed": seed}, output / f"classify_seed{seed}")
+        print(f"== Digits, seed {seed} ==")
+        print(format_table(_students(report), CLASSIFY_COLUMNS))
+        print(_summary(report, "accuracy"))
+        result["classification"][seed] = {
+            "rows": _students(report),
+            "budget": report["student_details"],
+        }
+        for row in _students(report):
+            if row["model"] in accuracies:
+                accuracies[row["model"]].append(row["accuracy"])
+    print(f"\n== Digits, {len(args.seeds)} seeds: accuracy mean ± std ==")
+    for name, values in accuracies.items():
+        print(f"{name}: {np.mean(values):.4f} ± {np.std(values):.4f}  {values}")
+    differences = {
+        name: [a - u for a, u in zip(accuracies[name], accuracies[UNIFORM])]
+        for name in (BUDGET, PROGRESSIVE)
+    }
+    for name, values in differences.items():
+        print(f"{name} - uniform: {np.mean(values):+.4f} ± {np.std(values):.4f}")
+    result["classification_accuracy"] = accuracies
+
+    if not args.skip_detect:
+        report = _run("detect", {}, output / "detect")
+        print("\n== Shapes detection, seed 0 ==")
+        print(format_table(_students(report), DETECT_COLUMNS))
+        print(_summary(report, "AP"))
+        result["detection"] = {"rows": _students(report), "budget": report["student_details"]}
+
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten {output / 'benchmark.json'}")
+
+
+COST_COLUMNS = [
+    ("params", "params", ","),
+    ("flops", "FLOPs", ","),
+    ("latency_ms", "LiteRT (ms)", ".4f"),
+    ("train_seconds", "train (s)", ".0f"),
+]
+CLASSIFY_COLUMNS = [("model", "model", ""), ("accuracy", "accuracy", ".4f"), *COST_COLUMNS]
+DETECT_COLUMNS = [
+    ("model", "model", ""),
+    ("AP", "AP", ".3f"),
+    ("AP50", "AP50", ".3f"),
+    *COST_COLUMNS,
+]
+
+
+if __name__ == "__main__":
+    main()
