@@ -20,7 +20,10 @@ def test_cached_outputs_equal_online_teacher_outputs(tmp_path):
     cache = offline.compute_teacher_outputs(teacher, x, batch_size=3)
     offline.save_teacher_cache(cache, tmp_path / "cache")
     loaded = offline.load_teacher_cache(tmp_path / "cache")
-    np.testing.assert_allclose(loaded.outputs, teacher(x, training=False).numpy(), rtol=1e-6)
+    # Batched inference may round a near-zero logit differently in the last bit.
+    np.testing.assert_allclose(
+        loaded.outputs, teacher(x, training=False).numpy(), rtol=1e-6, atol=1e-7
+    )
     assert loaded.output_shape == (3,)
     assert loaded.teacher_name == "teacher"
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["meta.json", "outputs.npy"]

@@ -22,8 +22,8 @@ from recipes import detect
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "--epochs", "3",
-    "--set", "teacher_epochs=3",
+    "--epochs", "2",
+    "--set", "teacher_epochs=2",
     "--set", "image_size=32",
     "--set", "builtin_train=16",
     "--set", "builtin_val=6",
@@ -133,7 +133,7 @@ def test_kill_in_every_stage_then_rerun_reuses_finished_stages(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].info.run_id == report["mlflow"]["run_id"]
     teacher_losses = client.get_metric_history(runs[0].info.run_id, "teacher/loss")
-    assert {m.step for m in teacher_losses} == {0, 1, 2}  # no epoch lost to the kills
+    assert {m.step for m in teacher_losses} == {0, 1}  # no epoch lost to the kills
 
 
 def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, capsys):
