@@ -70,7 +70,7 @@ def main() -> None:
     from kd_keras.report import format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])  # none: skip (1)
     parser.add_argument("--skip-detect", action="store_true")
     parser.add_argument("--output", default="runs/budget_progressive")
     args = parser.parse_args()
@@ -90,15 +90,8 @@ def main() -> None:
         for row in _students(report):
             if row["model"] in accuracies:
                 accuracies[row["model"]].append(row["accuracy"])
-    print(f"\n== Digits, {len(args.seeds)} seeds: accuracy mean ± std ==")
-    for name, values in accuracies.items():
-        print(f"{name}: {np.mean(values):.4f} ± {np.std(values):.4f}  {values}")
-    differences = {
-        name: [a - u for a, u in zip(accuracies[name], accuracies[UNIFORM])]
-        for name in (BUDGET, PROGRESSIVE)
-    }
-    for name, values in differences.items():
-        print(f"{name} - uniform: {np.mean(values):+.4f} ± {np.std(values):.4f}")
+    if args.seeds:
+        _print_means(accuracies)
     result["classification_accuracy"] = accuracies
 
     if not args.skip_detect:
@@ -111,6 +104,16 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten {output / 'benchmark.json'}")
+
+
+def _print_means(accuracies: dict[str, list[float]]) -> None:
+    seeds = len(accuracies[UNIFORM])
+    print(f"\n== Digits, {seeds} seeds: accuracy mean ± std ==")
+    for name, values in accuracies.items():
+        print(f"{name}: {np.mean(values):.4f} ± {np.std(values):.4f}  {values}")
+    for name in (BUDGET, PROGRESSIVE):
+        differences = [a - u for a, u in zip(accuracies[name], accuracies[UNIFORM])]
+        print(f"{name} - uniform: {np.mean(differences):+.4f} ± {np.std(differences):.4f}")
 
 
 COST_COLUMNS = [
