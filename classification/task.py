@@ -139,14 +139,7 @@ class ClassificationTask(Task):
                 logged_as="distilled",
             ),
             *(
-                Student(
-                    f"student_{method}",
-                    f"distilled, {METHOD_LABELS[method]}",
-                    f"student_{method}.keras",
-                    kd=method,
-                    seed=seed,
-                    logged_as=method,
-                )
+                Student.distilled_with(method, METHOD_LABELS[method], seed)
                 for method in self.config.methods
             ),
         ]

@@ -150,14 +150,7 @@ class DetectionTask(Task):
             "student", "distilled", "student.keras", seed=seed, ships=True, logged_as="distilled"
         )
         compact = [
-            Student(
-                f"student_{method}",
-                f"distilled, {methods.LABELS[method]}",
-                f"student_{method}.keras",
-                kd=method,
-                seed=seed,
-                logged_as=method,
-            )
+            Student.distilled_with(method, methods.LABELS[method], seed)
             for method in self.config.methods
         ]
         return [scratch, *ablation, distilled, *compact]

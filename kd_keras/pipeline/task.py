@@ -65,6 +65,19 @@ class Student:
     tabled: bool = True
     logged_as: str | None = None
 
+    @classmethod
+    def distilled_with(cls, method: str, label: str, seed: int = 0) -> Student:
+        """A tabled student distilled with `method` (its `kd`): `student (distilled, <label>)`,
+        stage and MLflow prefix `student_<method>`, saved as `student_<method>.keras`."""
+        return cls(
+            f"student_{method}",
+            f"distilled, {label}",
+            f"student_{method}.keras",
+            kd=method,
+            seed=seed,
+            logged_as=method,
+        )
+
 
 @dataclasses.dataclass
 class Training:
