@@ -6,7 +6,7 @@ import tf_keras as keras
 
 from detection.config import DetectConfig
 from detection.task import DetectionTask
-from kd_keras import budget
+from kd_keras import budget, compress
 from kd_keras.config import from_dict
 from kd_keras.pipeline import Stage
 
@@ -94,3 +94,19 @@ def test_progressive_detector_learns_the_teacher_backbone_stage_by_stage(task):
     assert phases.details["blocks"][0] == ["stem_relu", "stem_relu"]
     assert model.count_params() == task.build("student", "uniform").count_params()
     assert all(layer.trainable for layer in model.layers)
+
+
+def test_lowrank_detector_recovers_with_the_detection_kd_terms(task):
+    keras.utils.set_random_seed(0)
+    teacher = task.build("teacher", "teacher")
+    student = task.build("student", "student")
+    factored = compress.decompose(student, 0.5)
+    assert factored.count_params() < student.count_params()
+    factored_convs = [layer.name for layer in factored.layers if layer.name.endswith("_v")]
+    assert factored_convs
+    before = factored.get_layer(factored_convs[0]).get_weights()[0].copy()
+    stage = Stage("lowrank", 2, 0.0005, compressing=True)
+    training = task.distilled(teacher, factored, stage)  # heatmap, box and neck-hint terms
+    losses = training.model.fit(training.data, epochs=stage.epochs, verbose=0).history["loss"]
+    assert np.isfinite(losses).all()
+    assert not np.array_equal(factored.get_layer(factored_convs[0]).get_weights()[0], before)
