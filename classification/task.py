@@ -112,8 +112,7 @@ class ClassificationTask(Task):
         classes = self.train.num_classes
         if role == "student" and self.subset is not None:
             classes = self.subset.num_classes
-        kd = None if student is None else student.kd
-        activation = "lma" if kd == "lma" else size.activation
+        activation = "lma" if student is not None and student.kd == "lma" else size.activation
         return build_cnn_classifier(
             self.train.input_shape,
             classes,

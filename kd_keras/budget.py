@@ -205,7 +205,7 @@ def slim(model: keras.Model, kept: Mapping[str, Sequence[int]]) -> keras.Model:
             raise ValueError(f"Layer {layer.name!r} merges tensors whose channels were cut.")
         if layer.name in kept:
             selection[layer.name] = kept[layer.name]
-        elif isinstance(layer, _READERS) and not isinstance(layer, keras.layers.DepthwiseConv2D):
+        elif isinstance(layer, _READERS):  # (DepthwiseConv2D is not a Conv2D: channelwise)
             selection[layer.name] = None
         else:
             selection[layer.name] = selected
@@ -245,13 +245,14 @@ def _consumers(layer) -> list:
 
 def _reaches_only_readers(model: keras.Model, layer) -> bool:
     outputs = {tensor.node.layer.name for tensor in model.outputs}
+    members = {inner.name for inner in model.layers}
     pending = [layer]
     while pending:
         current = pending.pop()
         if current.name in outputs:
             return False
         for consumer in _consumers(current):
-            if consumer.name not in {inner.name for inner in model.layers}:
+            if consumer.name not in members:  # a node of another model built on this one
                 continue
             if isinstance(consumer, _CHANNELWISE):
                 pending.append(consumer)

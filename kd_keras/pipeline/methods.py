@@ -22,7 +22,6 @@ from kd_keras import progressive
 if TYPE_CHECKING:
     from kd_keras.pipeline.task import Phases, Stage, Student, Task
 
-PHASED = ("budget", "progressive")
 #: `student (distilled, <label>)` rows.
 LABELS = {"budget": "budgeted widths", "progressive": "progressive blockwise"}
 
@@ -104,5 +103,8 @@ def train_progressive(
     phases.note(blocks=[list(pair) for pair in boundaries])
     return model
 
+
+#: The training of each phased method, by its `Student.kd`.
+PHASED = {"budget": train_budgeted, "progressive": train_progressive}
 
 __all__ = ["LABELS", "PHASED", "train_budgeted", "train_progressive"]

@@ -100,7 +100,8 @@ class Phases(Protocol):
         """
 
     def note(self, **details) -> None:
-        """Keeps `details` (JSON-able) with the student's record, under `report["details"]`."""
+        """Keeps `details` (JSON-able) with the student's record; the report lists them under
+        `report["student_details"][<label>]`."""
 
 
 class Task(abc.ABC):
@@ -173,12 +174,10 @@ class Task(abc.ABC):
         phases overrides this and runs each phase through `phases.fit`; the last one is named
         `stage.name`.
         """
-        from kd_keras.pipeline import methods
+        from kd_keras.pipeline.methods import PHASED
 
-        if student.kd == "budget":
-            return methods.train_budgeted(self, teacher, student, stage, phases)
-        if student.kd == "progressive":
-            return methods.train_progressive(self, teacher, student, stage, phases)
+        if student.kd in PHASED:
+            return PHASED[student.kd](self, teacher, student, stage, phases)
         model = self.build("student", Path(student.file).stem, student)
         if student.distilled:
             training = self.distilled(teacher, model, stage)
