@@ -149,4 +149,10 @@ class ClassifyConfig(shared.RunConfig):
                 "offline=true cannot be combined with robust KD (distill.robust or methods: "
                 "[robust]): its adversarial examples need the student online. Drop one of them."
             )
+        if self.offline and "progressive" in self.methods:
+            raise config_lib.ConfigError(
+                "offline=true cannot be combined with methods: [progressive]: its blocks learn "
+                "the teacher's intermediate outputs, which a cache of final outputs does not hold. "
+                "Drop one of them."
+            )
         return self

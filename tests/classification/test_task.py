@@ -141,6 +141,13 @@ def test_robust_kd_with_offline_teacher_outputs_is_refused():
         from_dict(ClassifyConfig, {"offline": True, "methods": ["robust"]})
 
 
+def test_progressive_kd_with_offline_teacher_outputs_is_refused():
+    from kd_keras.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot be combined with methods: \[progressive\]"):
+        from_dict(ClassifyConfig, {"offline": True, "methods": ["progressive"]})
+
+
 @pytest.mark.slow
 def test_okddip_student_learns_from_peers_without_the_teacher(tmp_path):
     settings = {**TINY, "methods": ["okddip"], "compress": {**TINY["compress"], "qat_epochs": 0}}
