@@ -152,11 +152,27 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+_UPSERTS = frozenset(
+    {"set_registered_model_alias", "set_model_version_tag", "set_registered_model_tag", "set_tag"}
+)
+
+
+def _transient(method: str, error: Exception) -> bool:
+    """Whether `error` came from another writer and the same call would succeed now."""
+    message = str(error)
+    if "database is locked" in message:
+        return True
+    # Two upserts of a row that did not exist both try to insert it; the later one loses on
+    # the unique key, and its retry finds the row and updates it.
+    return method in _UPSERTS and "UNIQUE constraint failed" in message
+
+
 class LockRetryingClient:
-    """An `MlflowClient` whose calls retry while a SQLite store reports `database is locked`.
+    """An `MlflowClient` whose calls retry while another writer holds a SQLite store.
 
     SQLite lets one writer in at a time; when several processes (two promotions, say) write at
-    once, the others fail with that message instead of waiting. Each call is retried with a
+    once, the others fail with `database is locked` instead of waiting, and two upserts of the
+    same new row (an alias, a tag) collide on its unique key. Each such call is retried with a
     growing pause, `attempts` times at most, then the last error is raised.
     """
 
@@ -175,8 +191,7 @@ class LockRetryingClient:
                 try:
                     return method(*args, **kwargs)
                 except Exception as error:  # sqlalchemy or MlflowException, depending on the call
-                    locked = "database is locked" in str(error)
-                    if not locked or attempt == self._attempts - 1:
+                    if not _transient(name, error) or attempt == self._attempts - 1:
                         raise
                     time.sleep(min(1.0, self._pause * (attempt + 1)))
             raise AssertionError("unreachable")

@@ -9,6 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from kd_keras import tracking
+from kd_keras.tracking import _store
 from recipes import promote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +156,33 @@ def test_racing_promotions_leave_the_better_champion(store, tmp_path):
     for model in models:
         assert champion(store, model) == "2"
     assert all(promoted for _, _, promoted in better)
+
+
+class _Collides:
+    """A client whose first alias write loses an insert race, as SQLite reports it."""
+
+    def __init__(self, error: str):
+        self.error, self.calls = error, []
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.calls.append(version)
+        if len(self.calls) == 1:
+            raise RuntimeError(self.error)
+        return version
+
+    def delete_registered_model(self, name):
+        self.calls.append(name)
+        raise RuntimeError(self.error)
+
+
+def test_a_lost_alias_insert_race_is_retried_and_other_errors_are_not():
+    collision = "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name"
+    client = _Collides(collision)
+    retrying = _store.LockRetryingClient(client, pause=0.0)
+    assert retrying.set_registered_model_alias("m", "champion", "2") == "2"
+    assert client.calls == ["2", "2"]
+    # The same message from a call that is not an upsert is a real error: raised at once.
+    client.calls.clear()
+    with pytest.raises(RuntimeError, match="UNIQUE constraint failed"):
+        retrying.delete_registered_model("m")
+    assert client.calls == ["m"]
