@@ -8,6 +8,9 @@
     student, with FLOPs and params against the budget; mean ± std over the seeds.
 (2) Built-in shapes, the default detection pipeline with the same methods (one seed): the budget
     is on the backbone (stem and inner block convs).
+Each run is followed by a control: the uniform student distilled from the same teacher for as
+many epochs as the budgeted one trained in all (search, cuts and final), so a gain of the
+budgeted student can be told apart from its longer training.
 Compression is off (the shipped student's int8 figures are `compact_students.py`'s).
 Prints the figures and the differences; writes `<output>/benchmark.json`. Not a test; never in CI.
 """
@@ -16,21 +19,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-UNIFORM, BUDGET, PROGRESSIVE = (
+UNIFORM, BUDGET, PROGRESSIVE, LONGER = (
     "student (distilled)",
     "student (distilled, budgeted widths)",
     "student (distilled, progressive blockwise)",
+    "student (distilled, as many epochs as budgeted)",
 )
 
 
-def _run(task: str, overrides: dict, output: Path) -> dict:
+def _run(task: str, overrides: dict, output: Path, methods=("budget", "progressive")) -> dict:
     from kd_keras.config import from_dict
     from kd_keras.pipeline import prepare, run_pipeline
 
@@ -42,8 +48,34 @@ def _run(task: str, overrides: dict, output: Path) -> dict:
         from detection.task import DetectionTask as Task
     settings = {**overrides, "output_dir": str(output), "tracking": {"enabled": False}}
     # The students are compared as trained (float LiteRT latency); compression is not re-measured.
-    settings.update(methods=["budget", "progressive"], compress={"sparsity": 0, "qat_epochs": 0})
+    settings.update(methods=list(methods), compress={"sparsity": 0, "qat_epochs": 0})
     return run_pipeline(prepare(Task, from_dict(Config, settings)))
+
+
+def _budget_epochs(report: dict, output: Path) -> int:
+    """Epochs the budgeted student trained: search, one per conv cut, then `epochs`."""
+    config = yaml.safe_load((output / "config.yaml").read_text())
+    budget = config["budget"]
+    details = report["student_details"]["distilled, budgeted widths"]
+    cuts = sum(
+        width != math.ceil(details["uniform_widths"][conv] * budget["start_width"])
+        for conv, width in details["widths"].items()
+    )
+    return config["epochs"] + budget["search_epochs"] + budget["cut_epochs"] * cuts
+
+
+def _longer_uniform(task: str, overrides: dict, report: dict, output: Path) -> dict:
+    """The uniform distilled student trained as many epochs as the budgeted one, same teacher."""
+    epochs = _budget_epochs(report, output)
+    control = {**overrides, "teacher": report["artifacts"]["teacher"], "epochs": epochs}
+    rows = {row["model"]: row for row in _run(task, control, output / "longer", ())["rows"]}
+    return {**rows[UNIFORM], "model": LONGER, "epochs": epochs}
+
+
+def _measure(task: str, overrides: dict, output: Path) -> tuple[dict, list[dict]]:
+    """The methods' report and its table: teacher, scratch, the three students, the control."""
+    report = _run(task, overrides, output)
+    return report, [*_students(report), _longer_uniform(task, overrides, report, output)]
 
 
 def _students(report: dict) -> list[dict]:
@@ -51,18 +83,21 @@ def _students(report: dict) -> list[dict]:
     return [rows[name] for name in ("teacher", "student (scratch)", UNIFORM, BUDGET, PROGRESSIVE)]
 
 
-def _summary(report: dict, metric: str) -> str:
-    rows = {row["model"]: row for row in report["rows"]}
+def _summary(report: dict, table: list[dict], metric: str) -> str:
+    rows = {row["model"]: row for row in table}
     details = report["student_details"]["distilled, budgeted widths"]
-    uniform = rows[UNIFORM]
+    uniform, longer = rows[UNIFORM], rows[LONGER]
     return (
         f"budget {details['measure']} {details['target']:,}: budgeted student "
         f"{details['achieved']:,} ({details['achieved'] / details['target']:.3f}x), widths "
         f"{list(details['widths'].values())} vs uniform {list(details['uniform_widths'].values())}"
         f"; {metric}: budgeted - uniform {rows[BUDGET][metric] - uniform[metric]:+.4f}, "
+        f"budgeted - uniform trained {longer['epochs']} epochs "
+        f"{rows[BUDGET][metric] - longer[metric]:+.4f}, "
         f"progressive - uniform {rows[PROGRESSIVE][metric] - uniform[metric]:+.4f}; train "
         f"seconds uniform {uniform['train_seconds']:.0f}, budgeted "
         f"{rows[BUDGET]['train_seconds']:.0f}, progressive {rows[PROGRESSIVE]['train_seconds']:.0f}"
+        f", uniform {longer['epochs']} epochs {longer['train_seconds']:.0f}"
     )
 
 
@@ -77,17 +112,14 @@ def main() -> None:
     output = Path(args.output)
     result: dict = {"classification": {}, "detection": None}
 
-    accuracies: dict[str, list[float]] = {UNIFORM: [], BUDGET: [], PROGRESSIVE: []}
+    accuracies: dict[str, list[float]] = {UNIFORM: [], BUDGET: [], PROGRESSIVE: [], LONGER: []}
     for seed in args.seeds:
-        report = _run("classify", {"seed": seed}, output / f"classify_seed{seed}")
+        report, rows = _measure("classify", {"seed": seed}, output / f"classify_seed{seed}")
         print(f"== Digits, seed {seed} ==")
-        print(format_table(_students(report), CLASSIFY_COLUMNS))
-        print(_summary(report, "accuracy"))
-        result["classification"][seed] = {
-            "rows": _students(report),
-            "budget": report["student_details"],
-        }
-        for row in _students(report):
+        print(format_table(rows, CLASSIFY_COLUMNS))
+        print(_summary(report, rows, "accuracy"))
+        result["classification"][seed] = {"rows": rows, "budget": report["student_details"]}
+        for row in rows:
             if row["model"] in accuracies:
                 accuracies[row["model"]].append(row["accuracy"])
     if args.seeds:
@@ -95,11 +127,11 @@ def main() -> None:
     result["classification_accuracy"] = accuracies
 
     if not args.skip_detect:
-        report = _run("detect", {}, output / "detect")
+        report, rows = _measure("detect", {}, output / "detect")
         print("\n== Shapes detection, seed 0 ==")
-        print(format_table(_students(report), DETECT_COLUMNS))
-        print(_summary(report, "AP"))
-        result["detection"] = {"rows": _students(report), "budget": report["student_details"]}
+        print(format_table(rows, DETECT_COLUMNS))
+        print(_summary(report, rows, "AP"))
+        result["detection"] = {"rows": rows, "budget": report["student_details"]}
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -111,7 +143,7 @@ def _print_means(accuracies: dict[str, list[float]]) -> None:
     print(f"\n== Digits, {seeds} seeds: accuracy mean ± std ==")
     for name, values in accuracies.items():
         print(f"{name}: {np.mean(values):.4f} ± {np.std(values):.4f}  {values}")
-    for name in (BUDGET, PROGRESSIVE):
+    for name in (BUDGET, PROGRESSIVE, LONGER):
         differences = [a - u for a, u in zip(accuracies[name], accuracies[UNIFORM])]
         print(f"{name} - uniform: {np.mean(differences):+.4f} ± {np.std(differences):.4f}")
 
@@ -120,6 +152,8 @@ COST_COLUMNS = [
     ("params", "params", ","),
     ("flops", "FLOPs", ","),
     ("latency_ms", "LiteRT (ms)", ".4f"),
+    ("int8_bytes", "PTQ int8 (bytes)", ","),
+    ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
     ("train_seconds", "train (s)", ".0f"),
 ]
 CLASSIFY_COLUMNS = [("model", "model", ""), ("accuracy", "accuracy", ".4f"), *COST_COLUMNS]

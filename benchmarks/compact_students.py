@@ -5,7 +5,8 @@
 (1) The default classification pipeline with `methods: [lma, robust, okddip]`: the distilled
     ReLU student beside an LMA student, a robust-KD student and an OKDDip student (peers, no
     teacher), all on the same budget from the same initial weights; every row also gets its
-    accuracy under a 10-step PGD attack (ε = 0.1).
+    accuracy under a 10-step PGD attack (ε = 0.1) and the size and LiteRT latency of its
+    post-training int8 file.
 (2) The same pipeline with `compress.lowrank` at each rank, reusing the first run's teacher:
     the shipped int8 student's parameters, FLOPs, size, LiteRT latency and accuracy per rank,
     against the full-rank (pruned + QAT) student of run (1).
@@ -49,11 +50,7 @@ def main() -> None:
     online = rows["student (distilled, OKDDip peers, no teacher)"]
     print("== Students on the same budget and initial weights ==")
     students = [rows["teacher"], rows["student (scratch)"], relu, lma, robust, online]
-    print(
-        format_table(
-            students, [*COLUMNS[:2], ("pgd_accuracy", "PGD accuracy", ".4f"), *COLUMNS[2:]]
-        )
-    )
+    print(format_table(students, STUDENT_COLUMNS))
     print(
         f"LMA - ReLU accuracy: {lma['accuracy'] - relu['accuracy']:+.4f}; params "
         f"{lma['params'] / relu['params']:.3f}x, float LiteRT latency "
@@ -91,6 +88,13 @@ COLUMNS = [
     ("flops", "FLOPs", ","),
     ("size_bytes", "size (bytes)", ","),
     ("latency_ms", "LiteRT (ms)", ".4f"),
+]
+STUDENT_COLUMNS = [
+    *COLUMNS[:2],
+    ("pgd_accuracy", "PGD accuracy", ".4f"),
+    *COLUMNS[2:],
+    ("int8_bytes", "PTQ int8 (bytes)", ","),
+    ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
 ]
 RATIOS = [("params_ratio", "params / full", ".3f"), ("latency_ratio", "latency / full", ".2f")]
 

@@ -48,6 +48,8 @@ class ClassificationTask(Task):
         ("gzip_bytes", "gzip (bytes)", ","),
         ("sparsity", "sparsity", ".2f"),
         ("latency_ms", "LiteRT (ms)", ".4f"),
+        ("int8_bytes", "PTQ int8 (bytes)", ","),
+        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
         ("train_seconds", "train (s)", ".1f"),
     )
 

@@ -85,6 +85,8 @@ class DetectionTask(Task):
         ("flops", "FLOPs", ","),
         ("size_bytes", "size (bytes)", ","),
         ("latency_ms", "LiteRT (ms)", ".2f"),
+        ("int8_bytes", "PTQ int8 (bytes)", ","),
+        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".2f"),
         ("train_seconds", "train (s)", ".0f"),
     )
 

@@ -54,6 +54,8 @@ class ReIDTask(Task):
         ("flops", "FLOPs", ","),
         ("size_bytes", "size (bytes)", ","),
         ("latency_ms", "LiteRT (ms)", ".3f"),
+        ("int8_bytes", "PTQ int8 (bytes)", ","),
+        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".3f"),
         ("train_seconds", "train (s)", ".1f"),
     )
     calibration_split = "bounding_box_train"

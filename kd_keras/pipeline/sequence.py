@@ -167,6 +167,7 @@ class _Run:
         self.artifacts["teacher_tflite"] = str(tflite)
         row = self.keras_row("teacher", teacher, trained, task.evaluate_teacher(teacher))
         row["latency_ms"] = tflite_latency(tflite, runs=config.latency_runs)
+        row.update(self.int8_cost("teacher", teacher))
         return teacher, row
 
     def students(self, teacher):
@@ -193,6 +194,7 @@ class _Run:
             if spec.tabled:
                 flatbuffer = to_tflite(task.deployable(model), "float32")
                 row["latency_ms"] = tflite_latency(flatbuffer, runs=config.latency_runs)
+                row.update(self.int8_cost(label, model))
                 rows.append(row)
                 self.artifacts[Path(spec.file).stem] = str(path)
                 if "temperatures" in trained:
@@ -350,6 +352,28 @@ class _Run:
         row = self.tflite_row(f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1))
         row["sparsity"] = compress.kernel_sparsity(model)
         return row
+
+    def int8_cost(self, label: str, model: keras.Model) -> dict:
+        """`int8_bytes` and `int8_latency_ms` (LiteRT) of `model` quantized after training.
+
+        Full-integer post-training quantization, calibrated on `calibration_images`: what the
+        row's network would weigh and cost on the robot without pruning or QAT. A network the
+        converter cannot quantize gets `None` and a warning naming it; the run goes on.
+        """
+        try:
+            flatbuffer = to_tflite(
+                self.task.deployable(model),
+                "int8",
+                representative_data=self.calibration_images(),
+            )
+        except Exception as error:  # noqa: BLE001 - a cost column never costs the trained run
+            message = f"{label}: no int8 size or latency, the conversion failed: {error}"
+            warnings.warn(message, stacklevel=2)
+            return {"int8_bytes": None, "int8_latency_ms": None}
+        return {
+            "int8_bytes": len(flatbuffer),
+            "int8_latency_ms": tflite_latency(flatbuffer, runs=self.config.latency_runs),
+        }
 
     def calibration_images(self) -> np.ndarray:
         if self._calibration is None:

@@ -35,6 +35,12 @@ def test_pipeline_from_python_then_rerun_reuses_every_stage(tmp_path):
     # The teacher and the float students are timed as float32 .tflite files too.
     assert all(rows[name]["latency_ms"] > 0 for name in names if name != names[3])
     assert rows["student (int8 TFLite, LiteRT)"]["params"] == rows["student (scratch)"]["params"]
+    # Every trained network also gets the size and latency of its post-training int8 file.
+    # One byte per weight plus the flatbuffer's own few kB (float32 would need four per weight).
+    for name in names[:3]:
+        params = rows[name]["params"]
+        assert params < rows[name]["int8_bytes"] < 1.5 * params + 10_000, rows[name]
+        assert rows[name]["int8_latency_ms"] > 0, name
     # The distilled student's temperature is recorded per epoch (constant by default).
     assert report["temperatures_per_epoch"] == {"distilled": [4.0, 4.0]}
 

@@ -49,6 +49,11 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     assert int8["latency_ms"] > 0 and rows["teacher"]["latency_ms"] > 0
     assert int8["size_bytes"] < rows["student (distilled)"]["size_bytes"]
     assert rows["student (distilled)"]["params"] == rows["student (scratch)"]["params"]
+    for name in ("teacher", "student (scratch)", "student (distilled)"):
+        # Post-training int8: a byte per weight and the flatbuffer's overhead.
+        params = rows[name]["params"]
+        assert params < rows[name]["int8_bytes"] < 1.5 * params + 20_000, rows[name]
+        assert rows[name]["int8_latency_ms"] > 0, name
     assert report["compression"]["qat"] and report["compression"]["prune_sparsity"] > 0.1
     assert report["train_images"] == 16 and report["val_images"] == 6
     # The exported file re-scores to the reported AP in LiteRT.
