@@ -130,8 +130,10 @@ class RunConfig(ConfigModel):
     `teacher` is a saved `.keras` teacher (`null`: train one for `teacher_epochs`); every
     student trains for `epochs` at `learning_rate`. A rerun in `output_dir` reuses the finished
     stages (`restart: true` trains everything again). `latency_runs` LiteRT inferences time each
-    model. `strategy` spreads each training step over devices or worker processes
-    (`kd_keras.distribute`: `none`, `mirrored`, `multiworker` with `TF_CONFIG`).
+    model; with `int8_costs` each trained network's row also gets the size and latency of its
+    post-training full-int8 file (`int8_bytes`, `int8_latency_ms`). `strategy` spreads each
+    training step over devices or worker processes (`kd_keras.distribute`: `none`, `mirrored`,
+    `multiworker` with `TF_CONFIG`).
     """
 
     data: str | None = None
@@ -140,6 +142,7 @@ class RunConfig(ConfigModel):
     epochs: int = Field(30, ge=1)
     learning_rate: float = Field(0.001, gt=0)
     latency_runs: int = Field(100, ge=1)
+    int8_costs: bool = True
     output_dir: str = "runs/kd"
     restart: bool = False
     strategy: Literal["none", "mirrored", "multiworker"] = "none"

@@ -50,9 +50,16 @@ def fit_resumable(
 
 
 # Config keys that can change between reruns in one output folder without changing what is
-# trained: where results go, how they are tracked, how often latency is timed, how many devices
-# share the global batch.
-RERUN_SAFE_KEYS = ("output_dir", "tracking", "latency_runs", "restart", "strategy")
+# trained: where results go, how they are tracked, how often latency is timed, whether int8 costs
+# are measured, how many devices share the global batch.
+RERUN_SAFE_KEYS = (
+    "output_dir",
+    "tracking",
+    "latency_runs",
+    "int8_costs",
+    "restart",
+    "strategy",
+)
 
 
 def run_state(config) -> RunState:

@@ -359,7 +359,10 @@ class _Run:
         Full-integer post-training quantization, calibrated on `calibration_images`: what the
         row's network would weigh and cost on the robot without pruning or QAT. A network the
         converter cannot quantize gets `None` and a warning naming it; the run goes on.
+        Nothing with `int8_costs: false`.
         """
+        if not self.config.int8_costs:
+            return {}
         try:
             flatbuffer = to_tflite(
                 self.task.deployable(model),

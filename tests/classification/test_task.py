@@ -11,6 +11,7 @@ TINY = {
     "epochs": 2,
     "teacher_epochs": 2,
     "latency_runs": 3,
+    "int8_costs": False,
     "teacher_model": {"width": 0.5},
     "compress": {"prune_epochs": 1, "qat_epochs": 1, "calibration_images": 32},
     "tracking": {"enabled": False},
@@ -19,8 +20,9 @@ TINY = {
 
 @pytest.mark.slow
 def test_pipeline_from_python_then_rerun_reuses_every_stage(tmp_path):
-    config = from_dict(ClassifyConfig, {**TINY, "output_dir": str(tmp_path)})
-    report = run_pipeline(prepare(ClassificationTask, config))
+    settings = {**TINY, "int8_costs": True, "output_dir": str(tmp_path)}
+    report = run_pipeline(prepare(ClassificationTask, from_dict(ClassifyConfig, settings)))
+    config = from_dict(ClassifyConfig, {**settings, "int8_costs": False})
     names = [row["model"] for row in report["rows"]]
     assert names == [
         "teacher",
@@ -44,10 +46,12 @@ def test_pipeline_from_python_then_rerun_reuses_every_stage(tmp_path):
     # The distilled student's temperature is recorded per epoch (constant by default).
     assert report["temperatures_per_epoch"] == {"distilled": [4.0, 4.0]}
 
+    # A rerun without the int8 costs reuses every stage (the setting trains nothing).
     again = run_pipeline(prepare(ClassificationTask, config))
     assert again["reused_stages"] == ["teacher", "scratch", "student", "pruned", "qat"]
     for first, second in zip(report["rows"], again["rows"]):
         assert second["accuracy"] == first["accuracy"], second["model"]
+        assert "int8_bytes" not in second, second["model"]
 
 
 def test_the_shipped_student_and_the_baseline_come_from_the_task(tmp_path):

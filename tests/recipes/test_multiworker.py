@@ -18,6 +18,7 @@ TINY = [
     "--set", "compress.prune_epochs=1",
     "--set", "compress.qat_epochs=1",
     "--set", "latency_runs=3",
+    "--set", "int8_costs=false",
     "--no-tracking",
 ]  # fmt: skip
 

@@ -35,6 +35,7 @@ TINY = [
     "--set", "compress.qat_epochs=2",
     "--set", "compress.calibration_images=8",
     "--set", "latency_runs=3",
+    "--set", "int8_costs=false",
     "--set", "tracking.register_as=null",
 ]  # fmt: skip
 # (stage recorded in run_state.json, its checkpoint folder, the file it leaves)
