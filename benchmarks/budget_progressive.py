@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -52,21 +50,9 @@ def _run(task: str, overrides: dict, output: Path, methods=("budget", "progressi
     return run_pipeline(prepare(Task, from_dict(Config, settings)))
 
 
-def _budget_epochs(report: dict, output: Path) -> int:
-    """Epochs the budgeted student trained: search, one per conv cut, then `epochs`."""
-    config = yaml.safe_load((output / "config.yaml").read_text())
-    budget = config["budget"]
-    details = report["student_details"]["distilled, budgeted widths"]
-    cuts = sum(
-        width != math.ceil(details["uniform_widths"][conv] * budget["start_width"])
-        for conv, width in details["widths"].items()
-    )
-    return config["epochs"] + budget["search_epochs"] + budget["cut_epochs"] * cuts
-
-
 def _longer_uniform(task: str, overrides: dict, report: dict, output: Path) -> dict:
     """The uniform distilled student trained as many epochs as the budgeted one, same teacher."""
-    epochs = _budget_epochs(report, output)
+    epochs = report["student_details"]["distilled, budgeted widths"]["epochs"]
     control = {**overrides, "teacher": report["artifacts"]["teacher"], "epochs": epochs}
     rows = {row["model"]: row for row in _run(task, control, output / "longer", ())["rows"]}
     return {**rows[UNIFORM], "model": LONGER, "epochs": epochs}

@@ -34,7 +34,7 @@ def train_budgeted(
 
     Phases: `<stage>_search` (KD + scaling penalty), `<stage>_cut<i>` (the i-th conv narrowed,
     then KD; skipped when it keeps every channel), then `<stage>` (KD). The budget, the cost
-    achieved and the widths are noted in the student's record.
+    achieved, the widths and the epochs of all phases are noted in the student's record.
     """
     settings = task.config.budget
     stage = dataclasses.replace(stage, kd=None)
@@ -59,7 +59,7 @@ def train_budgeted(
     widths = budget_lib.choose_widths(
         task.deployable(wide), convs, target, settings.measure, settings.min_channels
     )
-    model = wide
+    model, epochs = wide, search.epochs + stage.epochs
     for index, conv in enumerate(convs):
         if widths[conv] == model.get_layer(conv).filters:
             continue
@@ -69,8 +69,10 @@ def train_budgeted(
                 stage, name=f"{stage.name}_cut{index + 1}", epochs=settings.cut_epochs
             )
             phases.fit(model, task.distilled(teacher, model, cut), cut)
+            epochs += cut.epochs
     phases.fit(model, task.distilled(teacher, model, stage), stage)
     phases.note(
+        epochs=epochs,
         measure=settings.measure,
         target=int(target),
         achieved=budget_lib.cost(task.deployable(model), settings.measure),

@@ -197,6 +197,11 @@ def test_budgeted_and_progressive_students_and_their_phases_resume(tmp_path):
         "stage3_block1_conv": 32,
     }
     assert details["widths"] != details["uniform_widths"]
+    # Search, one epoch per cut (a conv cut to its wide width is skipped), then `epochs`.
+    cuts = sum(
+        details["widths"][conv] != 2 * details["uniform_widths"][conv] for conv in details["widths"]
+    )
+    assert details["epochs"] == 2 + cuts + TINY["epochs"]
     assert blockwise["params"] == uniform["params"]
     for row in (budgeted, blockwise):
         assert row["accuracy"] > 0.3, row["model"]  # 10 classes: chance is 0.1
