@@ -31,7 +31,10 @@ class DistillSettings(shared.DistillSettings):
     `temperature` is the starting temperature; with a `schedule` other than constant it moves to
     `final_temperature` over the whole training. The loss is
     `student_loss_weight·CE + logits_weight·T²·KD` (Hinton et al. use 0.1 and 0.9).
-    `hint_weight > 0` adds a FitNet hint on the `features` layer.
+    `hint_weight > 0` adds a FitNet hint on the `features` layer. `teacher_outputs` says what
+    a given teacher's last layer gives: `logits`, or `probabilities` for a teacher ending in a
+    softmax (the usual Keras classifier); the soft targets are then taken from its
+    probabilities (`kd_keras.terms.LogitsDistillation`).
 
     Robust KD (`robust: true` for the shipped student and its pruning and QAT, or the `robust`
     method for one more row): the student trains on PGD examples of L∞ radius
@@ -48,6 +51,7 @@ class DistillSettings(shared.DistillSettings):
     student_loss_weight: float = Field(0.1, ge=0)
     logits_weight: float = Field(0.9, ge=0)
     loss: Literal["kl", "soft_ce"] = "kl"
+    teacher_outputs: Literal["logits", "probabilities"] = "logits"
     hint_weight: float = Field(0.0, ge=0)
     hint_loss: Literal["l2", "cross_entropy"] = "l2"
     robust: bool = False
@@ -123,7 +127,7 @@ class ClassifyConfig(shared.RunConfig):
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.002, gt=0)
     test_fraction: float = Field(0.25, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     latency_runs: int = Field(200, ge=1)
     output_dir: str = "runs/classify"
     tracking: shared.TrackingSettings = shared.TrackingSettings(

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+from kd_keras.images import IMAGE_SUFFIXES, list_images, read_resized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +29,28 @@ class ImageDataset:
         return tuple(self.x.shape[1:])
 
     def split(self, test_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
-        """A stratified train/test split, the same for the same seed."""
+        """A stratified train/test split, the same for the same seed.
+
+        Raises:
+            ValueError: a class with fewer than 2 images (named), or too few images for every
+                class to appear on both sides.
+        """
         from sklearn.model_selection import train_test_split
 
+        counts = np.bincount(self.y, minlength=self.num_classes)
+        few = [f"{self.class_names[i]!r} ({counts[i]})" for i in np.flatnonzero(counts < 2)]
+        if few:
+            raise ValueError(
+                f"Every class needs at least 2 images, one to train on and one to test on; "
+                f"add images to these class folders or remove them. Received: {', '.join(few)}."
+            )
+        tested = int(np.ceil(test_fraction * len(self.y)))
+        if min(tested, len(self.y) - tested) < self.num_classes:
+            raise ValueError(
+                f"A test fraction of {test_fraction:g} of {len(self.y)} images leaves fewer "
+                f"images than the {self.num_classes} classes on one side of the split; add "
+                f"images or change test_fraction. Received: {len(self.y)} images."
+            )
         x_train, x_test, y_train, y_test = train_test_split(
             self.x, self.y, test_size=test_fraction, random_state=seed, stratify=self.y
         )
@@ -71,41 +89,40 @@ def load_image_folder(
             f"Image folder not found. Pass --data DIR with one subfolder per class. "
             f"Received: data={str(directory)!r}."
         )
-    class_dirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = _class_dirs(directory)
     if not class_dirs:
         raise ValueError(
             f"{directory} has no class subfolders; expected {directory}/<class_name>/<image>.png. "
             "Received: an empty dataset."
         )
     images, labels = [], []
-    mode = "L" if channels == 1 else "RGB"
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_images(class_dir)
         if not files:
             raise ValueError(
                 f"Class folder {class_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}). "
                 "Add images or remove the folder. Received: an empty class."
             )
         for path in files:
-            images.append(_read_image(path, image_size, mode))
+            images.append(read_resized(path, (image_size, image_size), channels))
             labels.append(label)
+    if len(class_dirs) < 2:
+        raise ValueError(
+            f"{directory} has one class folder ({class_dirs[0].name}); a classifier needs at "
+            f"least 2 classes, one subfolder each. Received: classes=[{class_dirs[0].name!r}]."
+        )
     x = np.stack(images).astype(np.float32) / 255.0
-    if channels == 1:
-        x = x[..., None]
     names = tuple(p.name for p in class_dirs)
     return ImageDataset(x, np.asarray(labels, np.int64), names)
 
 
-def _read_image(path: Path, image_size: int, mode: str) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            image = image.convert(mode).resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(
-            f"Cannot read image {path}: {error}. Remove or replace the file. "
-            f"Received: file={str(path)!r}."
-        ) from None
+def list_image_folder(directory: str | os.PathLike) -> list[Path]:
+    """The image files of `directory/<class>/`, in the order `load_image_folder` reads them."""
+    return [path for class_dir in _class_dirs(Path(directory)) for path in list_images(class_dir)]
+
+
+def _class_dirs(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def random_shift(max_pixels: int = 1, seed: int = 0):

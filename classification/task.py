@@ -19,7 +19,9 @@ from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export, offline
 from kd_keras.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.distiller import Distiller
+from kd_keras.fingerprint import file_listing
 from kd_keras.models import build_cnn_classifier, stage_outputs
+from kd_keras.models.inspect import final_activation
 from kd_keras.online import OnlineDistiller
 from kd_keras.pipeline import Stage, Student, Task, Training, methods
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
@@ -76,6 +78,12 @@ class ClassificationTask(Task):
     def description(self) -> str:
         return self.config.data or "sklearn digits (built-in)"
 
+    def data_fingerprint(self) -> dict:
+        if self.config.data is None:
+            return {"generator": "sklearn.datasets.load_digits"}
+        root = Path(self.config.data)
+        return {"images": file_listing(data_lib.list_image_folder(root), root)}
+
     def summary(self) -> dict:
         return {
             "classes": None if self.subset is None else self.subset.to_json(),
@@ -91,6 +99,7 @@ class ClassificationTask(Task):
                 f"{self.train.input_shape}. Set image_size/channels to match. "
                 f"Received: teacher={path}."
             )
+        self._check_teacher_outputs(teacher, path)
         classes = teacher.output_shape[-1]
         if self.subset is not None:
             self._check_subset(classes)
@@ -101,6 +110,23 @@ class ClassificationTask(Task):
                 f"to distill a subset, or a teacher trained on these classes. "
                 f"Received: teacher={path}."
             )
+
+    def _check_teacher_outputs(self, teacher: keras.Model, path: str) -> None:
+        declared = self.config.distill.teacher_outputs
+        activation = final_activation(teacher.outputs[0].node.layer)
+        ends_in_softmax = activation == "softmax"
+        if ends_in_softmax == (declared == "probabilities") or activation is None:
+            return
+        if ends_in_softmax:
+            fix = "declare them with --set distill.teacher_outputs=probabilities"
+            found = "ends in a softmax (it outputs probabilities)"
+        else:
+            fix = "use --set distill.teacher_outputs=logits (the default)"
+            found = f"ends in a {activation} activation, not a softmax (it outputs logits)"
+        raise ValueError(
+            f"The teacher {path} {found}, but distill.teacher_outputs={declared!r}; {fix}. "
+            f"Received: teacher={path}."
+        )
 
     def _check_subset(self, teacher_classes: int) -> None:
         if max(self.subset.class_indices) >= teacher_classes:
@@ -186,6 +212,7 @@ class ClassificationTask(Task):
             LogitsDistillation(
                 temperature=settings.temperature_schedule(steps),
                 loss=settings.loss,
+                teacher_outputs=settings.teacher_outputs,
                 teacher_class_indices=None if self.subset is None else self.subset.class_indices,
                 name="logits_kd",
             )

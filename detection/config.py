@@ -95,7 +95,7 @@ class DetectConfig(shared.RunConfig):
     augment: bool = True
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(0.004, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**31)
     ablation: bool = False
     methods: tuple[Literal["budget", "progressive"], ...] = ()
     latency_runs: int = Field(100, ge=1)

@@ -8,6 +8,7 @@ Keras and LiteRT, and pictures of each model's detections for MLflow.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
+from kd_keras.fingerprint import file_digest, file_listing
 from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, methods
 
 ABLATION = ("heatmap", "box", "hint")
@@ -109,6 +111,20 @@ class DetectionTask(Task):
             "val_images": len(self.val),
             "skipped_annotations": len(self.train.issues) + len(self.val.issues),
         }
+
+    def data_fingerprint(self) -> dict:
+        config = self.config
+        if config.data is None:
+            marker = Path(config.builtin_dir) / "dataset.json"
+            return {"generator": json.loads(marker.read_text())}
+        fingerprint = {"annotations": file_digest(config.annotations)}
+        records = self.train.records + ([] if config.val_data else self.val.records)
+        fingerprint["images"] = file_listing([r.path for r in records], config.data)
+        if config.val_data is not None:
+            fingerprint["val_annotations"] = file_digest(config.val_annotations)
+            paths = [r.path for r in self.val.records]
+            fingerprint["val_images"] = file_listing(paths, config.val_data)
+        return fingerprint
 
     def check_teacher(self, teacher: keras.Model, path: str) -> None:
         expected = (*self.size, 3)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin
 
 import pydantic
+import pydantic_core
 import yaml
 
 T = TypeVar("T", bound="ConfigModel")
@@ -25,6 +26,7 @@ class ConfigModel(pydantic.BaseModel):
     """Base of every config section: frozen, no unknown keys, no NaN or infinite numbers.
 
     A comma-separated string is accepted where a tuple is expected (`--set classes=0,3,7`).
+    `true`/`false` are refused where a number is expected (`epochs=true` is not 1 epoch).
     """
 
     model_config = pydantic.ConfigDict(
@@ -35,9 +37,18 @@ class ConfigModel(pydantic.BaseModel):
     @classmethod
     def _split_comma_lists(cls, value, info: pydantic.ValidationInfo):
         field = cls.model_fields.get(info.field_name)
-        if isinstance(value, str) and field is not None and _accepts_tuple(field.annotation):
+        if field is None:
+            return value
+        if isinstance(value, str) and _accepts_tuple(field.annotation):
             return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, bool) and _expects_number(field.annotation):
+            raise pydantic_core.PydanticCustomError("number_not_bool", "a number, not a boolean")
         return value
+
+
+def _expects_number(annotation) -> bool:
+    options = get_args(annotation) if get_origin(annotation) is not None else (annotation,)
+    return bool not in options and any(option in (int, float) for option in options)
 
 
 def _accepts_tuple(annotation) -> bool:
@@ -172,6 +183,8 @@ def _describe(cls: type[ConfigModel], error: dict) -> str:
             f"Unknown config key '{key}'. Allowed keys{under}: {allowed}. "
             f"Received: {key}={value!r}."
         )
+    if kind == "number_not_bool":
+        return f"Expected a number for {key}, not true or false. Received: {key}={value!r}."
     if kind == "value_error" and "error" in context:
         return str(context["error"])
     if kind in ("literal_error", "enum"):

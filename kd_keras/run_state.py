@@ -7,8 +7,11 @@ atomically after every stage, so after any interruption (even `kill -9`) it name
 stages whose outputs are complete. A stage that was interrupted is not in it; its own
 `BackupAndRestore` checkpoint resumes it from the last finished epoch.
 
-A rerun whose config differs in a key that changes what is trained is refused: the finished
-stages were made with the old values and mixing them would silently produce a wrong comparison.
+A rerun whose config differs in a key that changes a finished stage is refused: that stage was
+made with the old values and mixing it with stages made with the new ones would silently produce
+a wrong comparison. A key that changes only stages that have not finished may change (a run that
+crashed at QAT because of a QAT setting resumes with the setting fixed). Data that changed (the
+task's `data` fingerprint: annotation digests, image listings) is refused likewise.
 `restart=True` forgets the recorded stages and their checkpoints instead.
 """
 
@@ -17,15 +20,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kd_keras.config import ConfigError, flatten
+from kd_keras.fingerprint import describe_changes
 from kd_keras.io import atomic_write_json
 
 STATE_FILE = "run_state.json"
-_FORMAT = 1
+_FORMAT = 2
+_SHOWN = 8
 
 
 class RunState:
@@ -39,10 +44,14 @@ class RunState:
         restart: forget every recorded stage and remove `checkpoints_dir`.
         checkpoints_dir: the folder of the stages' `BackupAndRestore` checkpoints (removed on
             `restart`); default `<output_dir>/checkpoints`.
+        data: the fingerprint of the data (`kd_keras.fingerprint`); every stage
+            depends on it.
+        changes_stage: `changes_stage(key, stage)` tells whether a change of the dotted config
+            `key` changes what `stage` trains (default: every key changes every stage).
 
     Raises:
-        ConfigError: the folder holds stages trained with another config (and `restart` is
-            false), or its state file cannot be read.
+        ConfigError: the folder holds stages trained with another config or other data (and
+            `restart` is false), its state file cannot be read, or `output_dir` is a file.
 
     Example:
         >>> state = RunState("runs/detect", config_dict, ignore=("output_dir", "tracking"))
@@ -58,12 +67,21 @@ class RunState:
         ignore: Iterable[str] = (),
         restart: bool = False,
         checkpoints_dir: str | os.PathLike | None = None,
+        data: Mapping[str, Any] | None = None,
+        changes_stage: Callable[[str, str], bool] | None = None,
     ):
         self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ConfigError(
+                f"The output folder {self.output_dir} is an existing file, not a folder. Pass "
+                f"--output-dir with a folder name. Received: output_dir={str(output_dir)!r}."
+            )
         self.path = self.output_dir / STATE_FILE
         self.ignore = tuple(ignore)
         self.checkpoints_dir = Path(checkpoints_dir or self.output_dir / "checkpoints")
         self._fingerprint = self._comparable(config)
+        self._data = None if data is None else json.loads(json.dumps(dict(data), default=str))
+        self._changes_stage = changes_stage or (lambda key, stage: True)
         self._stages: dict[str, dict] = {}
         self._loaded: list[str] = []
         self._ran: set[str] = set()
@@ -132,31 +150,55 @@ class RunState:
                 "--restart to train every stage again. "
                 f"Received: output_dir={str(self.output_dir)!r}."
             ) from None
+        if stages:
+            self._refuse_changed_data(saved.get("data"), stages)
+            self._refuse_changed_config(old, stages)
+        self._stages = dict(stages)
+        self._loaded = list(stages)
+
+    def _refuse_changed_data(self, old: Mapping | None, stages: Mapping) -> None:
+        if old is None or self._data is None:
+            return  # one side was not fingerprinted: nothing to compare
+        changes = describe_changes(old, self._data)
+        if changes:
+            raise ConfigError(
+                f"{self.output_dir} holds stages ({', '.join(stages)}) trained on other data; "
+                f"changed: {'; '.join(changes[:_SHOWN])}. Use another --output-dir, restore "
+                "the data, or pass --restart to train every stage again. "
+                f"Received: output_dir={str(self.output_dir)!r}."
+            )
+
+    def _refuse_changed_config(self, old: Mapping, stages: Mapping) -> None:
         changed = sorted(
             key
             for key in set(old) | set(self._fingerprint)
             if old.get(key, "<unset>") != self._fingerprint.get(key, "<unset>")
         )
-        if changed and stages:
-            shown = ", ".join(
-                f"{key}: {old.get(key, '<unset>')!r} -> {self._fingerprint.get(key, '<unset>')!r}"
-                for key in changed[:8]
-            )
-            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-            raise ConfigError(
-                f"{self.output_dir} holds stages ({', '.join(stages)}) trained with another "
-                f"config; changed: {shown}{more}. Use another --output-dir, restore the old "
-                f"values, or pass --restart to train every stage again. "
-                f"Received: output_dir={str(self.output_dir)!r}."
-            )
-        self._stages = dict(stages)
-        self._loaded = list(stages)
+        spoiled = {
+            key: [stage for stage in stages if self._changes_stage(key, stage)] for key in changed
+        }
+        spoiled = {key: names for key, names in spoiled.items() if names}
+        if not spoiled:
+            return  # the changed keys only concern stages that have not finished
+        shown = "; ".join(
+            f"{key}: {old.get(key, '<unset>')!r} -> {self._fingerprint.get(key, '<unset>')!r} "
+            f"(trained into {', '.join(names)})"
+            for key, names in list(spoiled.items())[:_SHOWN]
+        )
+        more = f" and {len(spoiled) - _SHOWN} more" if len(spoiled) > _SHOWN else ""
+        raise ConfigError(
+            f"{self.output_dir} holds stages ({', '.join(stages)}) trained with another "
+            f"config; changed: {shown}{more}. Use another --output-dir, restore the old "
+            f"values, or pass --restart to train every stage again. "
+            f"Received: output_dir={str(self.output_dir)!r}."
+        )
 
     def _write(self) -> None:
         # A list keeps the stages in the order they finished (the JSON writer sorts keys).
         stages = [{"stage": name, **record} for name, record in self._stages.items()]
         atomic_write_json(
-            self.path, {"format": _FORMAT, "config": self._fingerprint, "stages": stages}
+            self.path,
+            {"format": _FORMAT, "config": self._fingerprint, "data": self._data, "stages": stages},
         )
 
 

@@ -7,7 +7,7 @@ key).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -71,7 +71,7 @@ class ReIDConfig(shared.RunConfig):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     margin: float = Field(0.3, ge=0)
     augment: bool = True
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[Annotated[int, Field(ge=0, lt=2**31)], ...] = Field((0,), min_length=1)
     output_dir: str = "runs/reid"
     tracking: shared.TrackingSettings = shared.TrackingSettings(
         experiment="kd-keras-reid", register_as="reid-student"

@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from kd_keras.images import read_resized
 
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
 JUNK = -1
@@ -160,12 +161,7 @@ def load_split(
     height, width = image_size
     images = np.empty((len(entries), height, width, 3), np.float32)
     for i, (path, _) in enumerate(entries):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB").resize((width, height), Image.BILINEAR)
-        except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"Cannot decode image {path}: {error}") from None
-        images[i] = np.asarray(image, np.float32) / 255.0
+        images[i] = read_resized(path, (height, width)).astype(np.float32) / 255.0
     names = [name for _, name in entries]
     return ReIDSplit(
         images=images,
@@ -184,8 +180,8 @@ def load_market1501(root: str | os.PathLike, image_size: tuple[int, int] = (64, 
 
     Raises:
         FileNotFoundError: the folder or a split is missing.
-        ValueError: a malformed file name, an empty split, or query identities absent from the
-            gallery.
+        ValueError: a malformed file name, an empty split, or a query whose identity the gallery
+            lacks, or holds only under the query's own camera.
     """
     root = Path(root)
     if not root.is_dir():
@@ -199,5 +195,21 @@ def load_market1501(root: str | os.PathLike, image_size: tuple[int, int] = (64, 
         raise ValueError(
             f"Query identities {missing[:5]} have no image in bounding_box_test, so they can "
             f"never be matched. Received: root={str(root)!r}."
+        )
+    other_cameras: dict[int, set[int]] = {}
+    for person, camera in zip(gallery.person_ids.tolist(), gallery.cameras.tolist()):
+        other_cameras.setdefault(person, set()).add(camera)
+    unmatchable = [
+        Path(path).name
+        for path, person, camera in zip(query.paths, query.person_ids, query.cameras)
+        if not other_cameras[int(person)] - {int(camera)}
+    ]
+    if unmatchable:
+        raise ValueError(
+            f"{len(unmatchable)} query image(s) show a person whom bounding_box_test holds only "
+            "under the query's own camera; the Market-1501 protocol ignores same-camera "
+            "matches, so they can never be matched. Add a gallery image of that person from "
+            "another camera, or remove the query. "
+            f"Received: {', '.join(unmatchable[:5])}{' ...' if len(unmatchable) > 5 else ''}."
         )
     return Market1501(train, query, gallery)

@@ -11,6 +11,7 @@ model is what ships.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +20,16 @@ import tf_keras as keras
 from kd_keras import compress
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
+from kd_keras.fingerprint import file_listing
 from kd_keras.pipeline import Stage, Student, Task, Training
 from kd_keras.terms import LogitsDistillation
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
-from reid.market1501 import Market1501, load_market1501
+from reid.market1501 import SPLITS, Market1501, list_split, load_market1501
 from reid.models import build_reid_model, embedding_model, fold_bnneck
 from reid.sampler import PKSampler, pk_dataset
-from reid.synthetic import SyntheticConfig, ensure_synthetic_market1501
+from reid.synthetic import MARKER, SyntheticConfig, ensure_synthetic_market1501
 
 
 def load_data(config) -> tuple[Market1501, str]:
@@ -82,6 +84,16 @@ class ReIDTask(Task):
             "train_identities": self.identities,
             "query_images": len(self.data.query),
             "gallery_images": len(self.data.gallery),
+        }
+
+    def data_fingerprint(self) -> dict:
+        if self.config.data is None:
+            marker = Path(self.config.output_dir) / "market1501_synthetic" / MARKER
+            return {"generator": json.loads(marker.read_text())}
+        root = Path(self.config.data)
+        return {
+            split: file_listing([path for path, _ in list_split(root, split)], root)
+            for split in SPLITS
         }
 
     def check_teacher(self, teacher: keras.Model, path: str) -> None:

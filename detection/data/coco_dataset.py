@@ -17,16 +17,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
+
+from kd_keras.images import inspect_image
 
 ON_ERROR = ("raise", "skip")
 # Boxes may overshoot the image by this many pixels (rounding in annotation tools).
 _EDGE_TOLERANCE = 1.0
 _REPORTED_ISSUES = 20
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientations 5-8 turn the image by 90 degrees: width and height swap.
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,29 +171,62 @@ def _coco_from_dict(data: dict) -> COCO:
     return coco
 
 
-def _inspect_image(path: Path) -> tuple[str | None, tuple[int, int] | None]:
-    """`(problem, (width, height))` of an image file as it is displayed (EXIF orientation applied).
+def _check_structure(data, annotations_file: Path) -> None:
+    """Refuses JSON that is not COCO instances data: the three lists of objects."""
+    keys = ("images", "annotations", "categories")
+    if not isinstance(data, dict):
+        kind = "null" if data is None else type(data).__name__
+        raise ValueError(
+            f"{annotations_file} is not a COCO instances file: expected an object with keys "
+            f"{', '.join(keys)}. Received: a JSON {kind}."
+        )
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ValueError(
+            f"{annotations_file} is not a COCO instances file: expected keys 'images', "
+            f"'annotations' and 'categories'. Received: missing={missing}."
+        )
+    for key in keys:
+        entries = data[key]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError(
+                f"{annotations_file}: '{key}' must be a list of objects. "
+                f"Received: {key}={str(entries)[:80]}."
+            )
 
-    The pipeline reads pixels with OpenCV, which applies the EXIF orientation, so the displayed
-    size is the one boxes must be drawn in. JPEGs are decoded in full (at 1/8 scale, which still
-    reads every coded block) because a truncated JPEG passes the header check and OpenCV decodes
-    its missing part as grey with only a warning.
+
+def _checked_categories(categories: list[dict], annotations_file: Path) -> list[dict]:
+    """The categories sorted by id; refuses missing, non-integer, duplicate ids or names.
+
+    Two categories sharing an id would give the model a class that never trains and label its
+    boxes with the other name; two sharing a name cannot be told apart in the report.
     """
-    if not path.is_file():
-        return "image file is missing", None
-    try:
-        with Image.open(path) as image:
-            size, orientation = image.size, image.getexif().get(_EXIF_ORIENTATION, 1)
-            if image.format == "JPEG":
-                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                image.load()
-            else:
-                image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"image file cannot be read ({type(error).__name__}: {error})", None
-    if orientation in _TRANSPOSING_ORIENTATIONS:
-        size = (size[1], size[0])
-    return None, (int(size[0]), int(size[1]))
+    if not categories:
+        raise ValueError(f"{annotations_file} defines no categories. Received: categories=[].")
+    for category in categories:
+        cid = category.get("id")
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise ValueError(
+                f"{annotations_file}: every category needs an integer 'id'. "
+                f"Received: category={category!r}."
+            )
+        if not isinstance(category.get("name"), str) or not category["name"].strip():
+            raise ValueError(
+                f"{annotations_file}: every category needs a 'name'. "
+                f"Received: category={category!r}."
+            )
+    for field in ("id", "name"):
+        seen: dict[object, int] = {}
+        for category in categories:
+            seen[category[field]] = seen.get(category[field], 0) + 1
+        repeated = [value for value, count in seen.items() if count > 1]
+        if repeated:
+            raise ValueError(
+                f"{annotations_file}: categories must have distinct {field}s; give each "
+                f"category its own {field}. Received: repeated {field}s {repeated} in "
+                f"categories={categories!r}."
+            )
+    return sorted(categories, key=lambda c: c["id"])
 
 
 def _size_problem(entry: dict, real: tuple[int, int] | None, path: Path) -> str | None:
@@ -216,10 +247,9 @@ def _size_problem(entry: dict, real: tuple[int, int] | None, path: Path) -> str 
 def _box_problem(bbox, width: float, height: float) -> str | None:
     if not isinstance(bbox, list | tuple) or len(bbox) != 4:
         return f"bbox must be [x, y, width, height]; got {bbox!r}"
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return f"bbox holds non-numbers: {bbox!r}"
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox):
+        return f"bbox holds non-numbers (write numbers without quotes): {bbox!r}"
+    x, y, w, h = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return f"bbox holds non-finite values: {bbox!r}"
     if w <= 0 or h <= 0:
@@ -269,20 +299,12 @@ def load_coco_dataset(
         data = json.loads(annotations_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{annotations_file} is not valid JSON: {error}") from None
-    missing = [k for k in ("images", "annotations", "categories") if k not in data]
-    if not isinstance(data, dict) or missing:
-        raise ValueError(
-            f"{annotations_file} is not a COCO instances file: expected keys 'images', "
-            f"'annotations' and 'categories'. Received: missing={missing}."
-        )
-
+    _check_structure(data, annotations_file)
     json_name = str(annotations_file)
     issues: list[AnnotationIssue] = []
-    categories = sorted(data["categories"], key=lambda c: c["id"])
+    categories = _checked_categories(data["categories"], annotations_file)
     category_ids = tuple(int(c["id"]) for c in categories)
     class_index = {cid: i for i, cid in enumerate(category_ids)}
-    if not category_ids:
-        raise ValueError(f"{annotations_file} defines no categories. Received: categories=[].")
 
     images = {}
     files_by_id: dict[object, list[str]] = {}
@@ -298,7 +320,7 @@ def load_coco_dataset(
                 "its own id"
             )
         else:
-            problem, real_size = _inspect_image(path) if check_images else (None, None)
+            problem, real_size = inspect_image(path) if check_images else (None, None)
             if problem is None:
                 problem = _size_problem(image, real_size, path)
         if problem is not None:
@@ -370,7 +392,7 @@ def load_coco_dataset(
     return CocoDataset(
         records=records,
         category_ids=category_ids,
-        class_names=tuple(str(c.get("name", c["id"])) for c in categories),
+        class_names=tuple(c["name"] for c in categories),
         coco=_coco_from_dict(clean),
         issues=issues,
         annotations_file=annotations_file,

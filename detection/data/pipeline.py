@@ -1,9 +1,10 @@
 """tf.data input pipeline: read, resize, augment and encode CenterNet targets a batch at a time.
 
 Each batch of image indices goes through one `tf.numpy_function` call that reads the images with
-OpenCV (which releases the GIL), runs the box-aware geometric augmentation and encodes the
-targets; batches are mapped with `num_parallel_calls=AUTOTUNE` and prefetched. Colour jitter and
-the float conversion then run in-graph on the whole batch. Small datasets are decoded and resized
+`kd_keras.images.read_image` (as displayed, in any format; Pillow releases the GIL while
+decoding), runs the box-aware geometric augmentation and encodes the targets; batches are mapped
+with `num_parallel_calls=AUTOTUNE` and prefetched. Colour jitter and the float conversion then
+run in-graph on the whole batch. Small datasets are decoded and resized
 once and kept in memory (`cache_images`).
 
 Training batches are reproducible: the shuffle is seeded, and each batch draws its augmentation
@@ -28,19 +29,22 @@ from detection.data.augmentation import (
     sample_colour_factors,
 )
 from detection.data.coco_dataset import CocoDataset, ImageRecord
+from kd_keras import images
 
 # Keep decoded images in memory when they fit in this many bytes.
 CACHE_LIMIT_BYTES = 512 * 1024 * 1024
 
 
 def read_image(record: ImageRecord, image_size: tuple[int, int]) -> np.ndarray:
-    """The record's image as RGB uint8, resized to `image_size` = `(height, width)`."""
-    image = cv2.imread(str(record.path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(
-            f"Cannot read image {record.path} (image_id={record.image_id}). Check the file, "
-            f"or load the dataset with on_error='skip'. Received: path={str(record.path)!r}."
-        )
+    """The record's image as RGB uint8 (as displayed, `kd_keras.images`), resized to
+    `image_size` = `(height, width)`."""
+    try:
+        image = images.read_image(record.path)
+    except images.ImageReadError as error:
+        raise images.ImageReadError(
+            f"{error} (image_id={record.image_id}). Check the file, or load the dataset with "
+            "on_error='skip'."
+        ) from None
     if image.shape[:2] != (record.height, record.width):
         raise ValueError(
             f"Image {record.path} (image_id={record.image_id}) decodes to "
@@ -48,7 +52,6 @@ def read_image(record: ImageRecord, image_size: tuple[int, int]) -> np.ndarray:
             f"{record.height}; boxes would land on the wrong pixels. Load it with "
             f"load_coco_dataset, which checks sizes. Received: path={str(record.path)!r}."
         )
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.shape[:2] != tuple(image_size):
         image = cv2.resize(image, (image_size[1], image_size[0]), interpolation=cv2.INTER_AREA)
     return image

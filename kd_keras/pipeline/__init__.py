@@ -14,6 +14,7 @@ from kd_keras.pipeline.resumable import (
     reuse_or_train,
     reuse_or_train_weights,
     run_state,
+    stage_dependencies,
     training_record,
 )
 from kd_keras.pipeline.sequence import Prepared, prepare, run_pipeline
@@ -34,5 +35,6 @@ __all__ = [
     "reuse_or_train_weights",
     "run_pipeline",
     "run_state",
+    "stage_dependencies",
     "training_record",
 ]

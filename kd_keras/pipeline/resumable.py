@@ -9,7 +9,7 @@ was interrupted from its last finished epoch and stops a diverging one with a me
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import tf_keras as keras
@@ -62,13 +62,61 @@ RERUN_SAFE_KEYS = (
 )
 
 
-def run_state(config) -> RunState:
-    """The finished stages of `config.output_dir` (refuses a folder made with another config)."""
+# The stages a changed key trains differently, for the keys that do not change every stage
+# (first match wins; a section name covers its keys). A run that stopped in a compression stage
+# can take a new compression setting without retraining the teacher and students.
+_COMPRESSION_STAGES = ("lowrank", "pruned", "qat")
+_STAGES_CHANGED_BY = (
+    ("compress.export", ()),
+    ("compress.calibration_images", ("qat",)),
+    ("compress.qat_epochs", ("qat",)),
+    ("compress.sparsity", ("pruned", "qat")),
+    ("compress.prune_epochs", ("pruned", "qat")),
+    ("compress", _COMPRESSION_STAGES),
+)
+# Keys every student reads but the teacher does not, and KD keys the scratch students ignore.
+_STUDENT_KEYS = ("student_model", "epochs")
+_KD_KEYS = ("distill",)
+
+
+def stage_dependencies(plain_stages: Sequence[str] = ()) -> Callable[[str, str], bool]:
+    """`changes(key, stage)`: whether a change of config `key` changes what `stage` trains.
+
+    `plain_stages` are the students trained without the teacher (scratch): KD keys leave them
+    as they are. Methods (`methods`, `ablation`) add or drop their own students only.
+    """
+
+    def covers(section: str, key: str) -> bool:
+        return key == section or key.startswith(f"{section}.")
+
+    def changes(key: str, stage: str) -> bool:
+        if covers("methods", key) or covers("ablation", key):
+            return False
+        for section, stages in _STAGES_CHANGED_BY:
+            if covers(section, key):
+                return stage in stages
+        if any(covers(section, key) for section in _STUDENT_KEYS):
+            return stage != "teacher"
+        if any(covers(section, key) for section in _KD_KEYS):
+            return stage != "teacher" and stage not in plain_stages
+        return True
+
+    return changes
+
+
+def run_state(config, data: Mapping | None = None, plain_stages: Sequence[str] = ()) -> RunState:
+    """The finished stages of `config.output_dir`.
+
+    Refuses a folder whose finished stages were made with another config (`stage_dependencies`)
+    or other data (`data`, the task's `data_fingerprint()`).
+    """
     return RunState(
         config.output_dir,
         config_lib.to_dict(config),
         ignore=RERUN_SAFE_KEYS,
         restart=config.restart,
+        data=data,
+        changes_stage=stage_dependencies(plain_stages),
     )
 
 
@@ -152,5 +200,6 @@ __all__ = [
     "reuse_or_train",
     "reuse_or_train_weights",
     "run_state",
+    "stage_dependencies",
     "training_record",
 ]

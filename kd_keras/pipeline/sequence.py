@@ -74,7 +74,9 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
         with strategy.scope():
             teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
-    return Prepared(task, teacher, run_state(config), config, strategy)
+    plain = [student.stage for student in task.students() if not student.distilled]
+    state = run_state(config, task.data_fingerprint(), plain)
+    return Prepared(task, teacher, state, config, strategy)
 
 
 def run_pipeline(prepared: Prepared, session=None) -> dict:
@@ -271,7 +273,7 @@ class _Run:
                 qat = compress.quantize_aware(
                     model,
                     preserve_sparsity=sparsity is not None,
-                    calibration_data=np.array_split(self.calibration_images(), 8),
+                    calibration_data=_calibration_batches(self.calibration_images()),
                 )
 
             def fine_tune() -> dict:
@@ -511,6 +513,11 @@ def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
             row["seeds"] = len(seeds)
         result.append(row)
     return result
+
+
+def _calibration_batches(images: np.ndarray, count: int = 8) -> list[np.ndarray]:
+    """`images` in up to `count` non-empty batches (a small training set gives fewer)."""
+    return np.array_split(images, max(1, min(count, len(images))))
 
 
 __all__ = ["Prepared", "prepare", "run_pipeline"]

@@ -139,6 +139,11 @@ class Task(abc.ABC):
     def summary(self) -> dict:
         """Data sizes (and classes) for the report."""
 
+    def data_fingerprint(self) -> dict:
+        """What the data is, for reruns (`kd_keras.fingerprint`): annotation digests, image
+        listings, built-in generator settings. A rerun with another fingerprint is refused."""
+        return {}
+
     @abc.abstractmethod
     def check_teacher(self, teacher: keras.Model, path: str) -> None:
         """Raises `ValueError` naming `path` when a given teacher does not fit the data."""

@@ -156,11 +156,14 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     (output / "teacher.keras").write_bytes(b"stands for a finished teacher")
     state.finish("teacher", file=output / "teacher.keras", seconds=1.0)
 
-    changed = [*base, "--set", "student_model.width=0.75"]
+    changed = [*base, "--set", "teacher_model.width=0.75"]
     assert detect.main(changed) == 2
     err = capsys.readouterr().err
     assert "holds stages (teacher) trained with another config" in err
-    assert "student_model.width: 0.5 -> 0.75" in err and "--restart" in err
+    assert "teacher_model.width: 1.0 -> 0.75 (trained into teacher)" in err and "--restart" in err
+    # A student key does not change the finished teacher: it is reused.
+    wider_student = detect.prepare(detect.parse_config([*base, "--set", "student_model.width=1"]))
+    assert wider_student.state.reused == ["teacher"]
     assert (output / "teacher.keras").read_bytes() == b"stands for a finished teacher"
     # Tracking settings may change freely; --restart forgets the stages.
     assert RunState(output, config_lib.to_dict(config), RERUN_SAFE_KEYS).finished == ["teacher"]
