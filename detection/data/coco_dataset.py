@@ -275,7 +275,8 @@ def load_coco_dataset(
         images_dir: folder the images' `file_name`s are relative to.
         annotations_file: COCO instances JSON.
         on_error: `"raise"` to stop with the report of every bad entry, `"skip"` to drop them.
-        check_images: open every image header (catches missing and unreadable files up front).
+        check_images: decode every image once (catches missing, unreadable and truncated files
+            up front, before any training).
 
     Raises:
         FileNotFoundError: the folder or the JSON is missing.

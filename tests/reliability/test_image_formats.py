@@ -140,12 +140,16 @@ def _coco_folder(folder: Path, names: list[str]) -> Path:
     return path
 
 
-def test_detection_trains_on_every_format(formats):
+@pytest.mark.parametrize("cache_images", [True, False])
+def test_detection_trains_on_every_format(formats, cache_images):
+    """Read once into the cache or per batch (a set larger than the cache): the same pixels."""
     names = sorted(FORMATS)
     folder = formats["png_rgb8.png"].parent
     dataset = load_coco_dataset(folder, _coco_folder(folder, names))
     assert len(dataset) == len(names) and not dataset.issues
-    batches = detection_dataset(dataset, (H, W), len(names), training=False, stride=4)
+    batches = detection_dataset(
+        dataset, (H, W), len(names), training=False, stride=4, cache_images=cache_images
+    )
     images, _ = next(iter(batches))
     for name, image in zip(names, images.numpy()):
         expected = _as_rgb(FORMATS[name][1])
