@@ -157,6 +157,13 @@ _UPSERTS = frozenset(
 )
 
 
+# How a lost insert race reads: SQLite's message, then PostgreSQL's.
+_UNIQUE_KEY_ERRORS = (
+    "UNIQUE constraint failed",
+    "duplicate key value violates unique constraint",
+)
+
+
 def _transient(method: str, error: Exception) -> bool:
     """Whether `error` came from another writer and the same call would succeed now."""
     message = str(error)
@@ -164,7 +171,7 @@ def _transient(method: str, error: Exception) -> bool:
         return True
     # Two upserts of a row that did not exist both try to insert it; the later one loses on
     # the unique key, and its retry finds the row and updates it.
-    return method in _UPSERTS and "UNIQUE constraint failed" in message
+    return method in _UPSERTS and any(text in message for text in _UNIQUE_KEY_ERRORS)
 
 
 class LockRetryingClient:

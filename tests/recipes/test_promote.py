@@ -175,14 +175,21 @@ class _Collides:
         raise RuntimeError(self.error)
 
 
-def test_a_lost_alias_insert_race_is_retried_and_other_errors_are_not():
-    collision = "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name"
+@pytest.mark.parametrize(
+    "collision",
+    [
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name",
+        "(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "
+        '"registered_model_alias_pk"',
+    ],
+)
+def test_a_lost_alias_insert_race_is_retried_and_other_errors_are_not(collision):
     client = _Collides(collision)
     retrying = _store.LockRetryingClient(client, pause=0.0)
     assert retrying.set_registered_model_alias("m", "champion", "2") == "2"
     assert client.calls == ["2", "2"]
     # The same message from a call that is not an upsert is a real error: raised at once.
     client.calls.clear()
-    with pytest.raises(RuntimeError, match="UNIQUE constraint failed"):
+    with pytest.raises(RuntimeError, match="unique constraint|UNIQUE constraint"):
         retrying.delete_registered_model("m")
     assert client.calls == ["m"]
