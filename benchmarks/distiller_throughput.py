@@ -59,7 +59,8 @@ def _timed_fit(model, dataset, epochs: int, batch_size: int, examples: int) -> d
 def run_tf_keras(image_size: int, epochs: int, batch_size: int) -> dict:
     import tf_keras as keras
 
-    from kd_keras import Distiller, LogitsDistillation, offline
+    from kd_keras import Distiller, LogitsDistillation
+    from kd_keras.methods import offline
     from kd_keras.models import build_cnn_classifier
 
     x, y = load_data(image_size)

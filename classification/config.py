@@ -41,11 +41,11 @@ class DistillSettings(shared.DistillSettings):
     `adversarial_epsilon` (`adversarial_steps` steps) built against itself while the teacher
     sees the clean images, the loss mixing clean and adversarial as
     `(1 − adversarial_weight)·L(x) + adversarial_weight·L(x')`
-    (`kd_keras.adversarial.AdversarialDistiller`). Every row then also reports its accuracy under
+    (`kd_keras.methods.AdversarialDistiller`). Every row then also reports its accuracy under
     a 10-step PGD attack of the same radius.
 
     The `okddip` method trains its student with `peers` more students of the same size and no
-    teacher (online KD with diverse peers, `kd_keras.online.OnlineDistiller`).
+    teacher (online KD with diverse peers, `kd_keras.methods.OnlineDistiller`).
     """
 
     student_loss_weight: float = Field(0.1, ge=0)

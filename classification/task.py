@@ -16,22 +16,20 @@ import tf_keras as keras
 
 from classification import data as data_lib
 from classification.subset import ClassSubset, save_class_mapping
-from kd_keras import compress, export, offline
-from kd_keras.adversarial import AdversarialDistiller, adversarial_accuracy
+from kd_keras import compress, export
 from kd_keras.distiller import Distiller
 from kd_keras.fingerprint import file_listing
+from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
+from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.models import build_cnn_classifier, stage_outputs
 from kd_keras.models.inspect import final_activation
-from kd_keras.online import OnlineDistiller
-from kd_keras.pipeline import Stage, Student, Task, Training, methods
+from kd_keras.pipeline import Role, Stage, Student, Task, Training
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
-METHOD_LABELS = {
-    "lma": "LMA activations",
-    "robust": "robust KD (PGD)",
-    "okddip": "OKDDip peers, no teacher",
-    **methods.LABELS,
-}
+#: A student with LMA activations, distilled like the shipped one.
+LMA_METHOD = Method("lma", "LMA activations")
+#: The `methods` config values and the methods they name.
+METHODS = {method.name: method for method in (LMA_METHOD, ROBUST, OKDDIP, BUDGET, PROGRESSIVE)}
 
 
 class ClassificationTask(Task):
@@ -140,7 +138,9 @@ class ClassificationTask(Task):
         classes = self.train.num_classes
         if role == "student" and self.subset is not None:
             classes = self.subset.num_classes
-        activation = "lma" if student is not None and student.kd == "lma" else size.activation
+        activation = (
+            "lma" if student is not None and student.method == LMA_METHOD else size.activation
+        )
         return build_cnn_classifier(
             self.train.input_shape,
             classes,
@@ -165,10 +165,7 @@ class ClassificationTask(Task):
                 ships=True,
                 logged_as="distilled",
             ),
-            *(
-                Student.distilled_with(method, METHOD_LABELS[method], seed)
-                for method in self.config.methods
-            ),
+            *(Student.distilled_with(METHODS[name], seed) for name in self.config.methods),
         ]
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):
@@ -199,13 +196,13 @@ class ClassificationTask(Task):
 
     def plain(self, model: keras.Model, stage: Stage) -> Training:
         self._compile(model, stage.learning_rate)
-        if stage.name == "teacher":  # the teacher learns every class
+        if stage.role is Role.TEACHER:  # the teacher learns every class
             return Training(model, self._labelled(self.train.x, self.train.y))
         return Training(model, self._labelled(self.x_train, self.y_train))
 
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         config, settings = self.config, self.config.distill
-        if stage.kd == "okddip":
+        if stage.method == OKDDIP:
             return self._online(student, stage)
         steps = stage.epochs * int(np.ceil(len(self.x_train) / config.batch_size))
         terms = [
@@ -219,7 +216,7 @@ class ClassificationTask(Task):
         ]
         weights = [settings.logits_weight]
         hint_weight, hint_loss = settings.hint_weight, settings.hint_loss
-        if stage.name == "lowrank":  # knowledge pre-regression of the factored student
+        if stage.role is Role.LOWRANK:  # knowledge pre-regression of the factored student
             hint_weight, hint_loss = config.compress.lowrank_hint_weight, "cross_entropy"
         if hint_weight > 0:
             student_layer = compress.wrapped_layer_name(student, "features")
@@ -243,7 +240,7 @@ class ClassificationTask(Task):
             data = offline.offline_dataset(
                 self.x_train, self.y_train, cache, config.batch_size, seed=config.seed
             )
-        elif stage.kd == "robust" or (settings.robust and stage.kd is None):
+        elif stage.method == ROBUST or (settings.robust and stage.method is None):
             distiller = AdversarialDistiller(
                 teacher,
                 student,
@@ -283,7 +280,7 @@ class ClassificationTask(Task):
 
     @property
     def _robustness_measured(self) -> bool:
-        return self.config.distill.robust or "robust" in self.config.methods
+        return self.config.distill.robust or ROBUST.name in self.config.methods
 
     def _pgd_accuracy(self, model: keras.Model, teacher: bool = False) -> dict:
         if not self._robustness_measured:

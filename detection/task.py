@@ -31,9 +31,12 @@ from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
 from kd_keras.fingerprint import file_digest, file_listing
-from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, methods
+from kd_keras.methods import BUDGET, PROGRESSIVE
+from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size
 
 ABLATION = ("heatmap", "box", "hint")
+#: The `methods` config values and the methods they name.
+METHODS = {method.name: method for method in (BUDGET, PROGRESSIVE)}
 
 
 def load_data(config) -> tuple[CocoDataset, CocoDataset, str]:
@@ -160,17 +163,18 @@ class DetectionTask(Task):
         )
         ablation = [
             Student(
-                f"student_{only}", f"{only} KD only", f"student_{only}.keras", kd=only, seed=seed
+                f"student_{only}",
+                f"{only} KD only",
+                f"student_{only}.keras",
+                variant=only,
+                seed=seed,
             )
             for only in (ABLATION if self.config.ablation else ())
         ]
         distilled = Student(
             "student", "distilled", "student.keras", seed=seed, ships=True, logged_as="distilled"
         )
-        compact = [
-            Student.distilled_with(method, methods.LABELS[method], seed)
-            for method in self.config.methods
-        ]
+        compact = [Student.distilled_with(METHODS[name], seed) for name in self.config.methods]
         return [scratch, *ablation, distilled, *compact]
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):
@@ -218,7 +222,7 @@ class DetectionTask(Task):
                 return compress.wrapped_layer_name(student, name)
 
         steps = stage.epochs * self.steps_per_epoch
-        terms, weights = settings.terms(steps, rename, stage.kd)
+        terms, weights = settings.terms(steps, rename, stage.variant)
         distiller = CenterNetDistiller(
             teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
         )

@@ -263,7 +263,7 @@ class Distiller(keras.Model):
             if len(data) != 3:
                 raise ValueError(
                     "A Distiller without a teacher trains offline: each element must be "
-                    "(x, y, teacher_outputs), e.g. from kd_keras.offline.offline_dataset. "
+                    "(x, y, teacher_outputs), e.g. from kd_keras.methods.offline.offline_dataset. "
                     f"Received: an element with {len(data)} parts."
                 )
             return data

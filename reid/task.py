@@ -21,7 +21,7 @@ from kd_keras import compress
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.fingerprint import file_listing
-from kd_keras.pipeline import Stage, Student, Task, Training
+from kd_keras.pipeline import Role, Stage, Student, Task, Training
 from kd_keras.terms import LogitsDistillation
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
@@ -145,7 +145,7 @@ class ReIDTask(Task):
                         label,
                         "student.keras" if ships else f"students/{stage}.keras",
                         distilled=temperature is not None,
-                        kd=temperature,
+                        variant=temperature,
                         seed=seed,
                         ships=ships,
                         tabled=first,
@@ -157,7 +157,7 @@ class ReIDTask(Task):
     # --- training ---
 
     def _steps(self, stage: Stage) -> int:
-        if stage.name == "teacher":
+        if stage.role is Role.TEACHER:
             return self.config.teacher_steps_per_epoch
         return self.config.steps_per_epoch
 
@@ -181,7 +181,7 @@ class ReIDTask(Task):
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         """Logits KD (+ embedding KD), finding layers by name in possibly wrapped models."""
         config, settings = self.config, self.config.distill
-        temperature = 1.0 if stage.compressing else stage.kd
+        temperature = 1.0 if stage.compressing else stage.variant
 
         def name(model, layer):
             return compress.wrapped_layer_name(model, layer)

@@ -27,9 +27,10 @@ import tf_keras as keras
 
 from kd_keras import schedules
 from kd_keras.distiller import Distiller
+from kd_keras.methods.base import Method
 from kd_keras.terms import DistillationTerm
 
-__all__ = ["AdversarialDistiller", "adversarial_accuracy", "fgsm", "pgd"]
+__all__ = ["ROBUST", "AdversarialDistiller", "adversarial_accuracy", "fgsm", "pgd"]
 
 _PACKAGE = "kd_keras"
 ATTACKS = ("pgd", "fgsm")
@@ -475,3 +476,7 @@ def _check_attack_arguments(epsilon, steps, step_size, clip) -> None:
         raise ValueError(f"Expected step_size > 0 or None. Received: step_size={step_size!r}.")
     if clip is not None and (len(clip) != 2 or not clip[0] < clip[1]):
         raise ValueError(f"Expected clip=(lo, hi) with lo < hi, or None. Received: clip={clip!r}.")
+
+
+#: A student distilled with `AdversarialDistiller` (its task reads `stage.method`).
+ROBUST = Method("robust", "robust KD (PGD)")

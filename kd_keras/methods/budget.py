@@ -24,14 +24,22 @@ block outputs, tied together by the additions, keep their width).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from kd_keras.methods.base import Method
 from kd_keras.models.lma import LMA
 from kd_keras.profile import count_flops
+
+if TYPE_CHECKING:
+    from kd_keras.pipeline.task import Phases, Stage, Student, Task
 
 MEASURES = ("flops", "params")
 
@@ -261,6 +269,66 @@ def _reaches_only_readers(model: keras.Model, layer) -> bool:
     return True
 
 
+# === The pipeline method ===
+
+
+def train_budgeted(
+    task: Task, teacher: keras.Model, student: Student, stage: Stage, phases: Phases
+) -> keras.Model:
+    """The student with its prunable convs `start_width` times wider, slimmed to
+    `config.budget` by KD (the functions above).
+
+    Phases: `<stage>_search` (KD + scaling penalty), `<stage>_cut<i>` (the i-th conv narrowed,
+    then KD; skipped when it keeps every channel), then `<stage>` (KD). The budget, the cost
+    achieved, the widths and the epochs of all phases are noted in the student's record.
+    """
+    settings = task.config.budget
+    stage = dataclasses.replace(stage, method=None)  # each phase: the task's usual KD
+    built = task.build("student", Path(student.file).stem, student)
+    uniform = task.deployable(built)
+    target = settings.target or cost(uniform, settings.measure)
+    convs = prunable_convs(built, task.budget_scope)
+    if not convs:
+        raise ValueError(
+            f"{type(task).__name__}'s student has no conv whose channels can be cut (a Conv2D "
+            "followed by BatchNorm, read only by convs or dense layers); the budget method "
+            "needs one."
+        )
+    wide = with_widths(
+        built,
+        {conv: math.ceil(built.get_layer(conv).filters * settings.start_width) for conv in convs},
+    )
+    costs = channel_costs(wide, convs, settings.measure)
+    add_scaling_penalty(wide, convs, settings.penalty, cost_weights(costs))
+    search = stage.phase("search", settings.search_epochs)
+    phases.fit(wide, task.distilled(teacher, wide, search), search)
+    widths = choose_widths(
+        task.deployable(wide), convs, target, settings.measure, settings.min_channels
+    )
+    model, epochs = wide, search.epochs + stage.epochs
+    for index, conv in enumerate(convs):
+        if widths[conv] == model.get_layer(conv).filters:
+            continue
+        model = slim(model, strongest_channels(model, {conv: widths[conv]}))
+        if settings.cut_epochs > 0:
+            cut = stage.phase(f"cut{index + 1}", settings.cut_epochs)
+            phases.fit(model, task.distilled(teacher, model, cut), cut)
+            epochs += cut.epochs
+    phases.fit(model, task.distilled(teacher, model, stage), stage)
+    phases.note(
+        epochs=epochs,
+        measure=settings.measure,
+        target=int(target),
+        achieved=cost(task.deployable(model), settings.measure),
+        uniform=cost(uniform, settings.measure),
+        widths={conv: int(widths[conv]) for conv in convs},
+        uniform_widths={conv: int(uniform.get_layer(conv).filters) for conv in convs},
+    )
+    return model
+
+
+BUDGET = Method("budget", "budgeted widths", train_budgeted)
+
 __all__ = [
     "MEASURES",
     "add_scaling_penalty",
@@ -274,4 +342,6 @@ __all__ = [
     "slim",
     "strongest_channels",
     "with_widths",
+    "BUDGET",
+    "train_budgeted",
 ]

@@ -16,6 +16,7 @@ import tf_keras as keras
 
 from kd_keras import losses
 from kd_keras.distiller import _as_float32, _check_model
+from kd_keras.methods.base import Method
 
 _PACKAGE = "kd_keras"
 # Added to the attention logit of a peer on itself: its weight is exactly 0 after the softmax.
@@ -370,4 +371,8 @@ def _unpack(data):
     return x, y
 
 
-__all__ = ["GroupDistillation", "OnlineDistiller"]
+#: A leader trained with its peers by `OnlineDistiller`, no teacher (its task reads
+#: `stage.method`).
+OKDDIP = Method("okddip", "OKDDip peers, no teacher")
+
+__all__ = ["OKDDIP", "GroupDistillation", "OnlineDistiller"]

@@ -13,12 +13,19 @@ Then the whole student is fine-tuned end to end with the usual KD terms (the cal
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tf_keras as keras
 
 from kd_keras.distiller import Distiller
+from kd_keras.methods.base import Method
 from kd_keras.terms import FeatureDistillation
+
+if TYPE_CHECKING:
+    from kd_keras.pipeline.task import Phases, Stage, Student, Task
 
 
 def check_boundaries(
@@ -78,4 +85,30 @@ def block_distillers(
             layer.trainable = trainable[layer.name]
 
 
-__all__ = ["block_distillers", "check_boundaries"]
+# === The pipeline method ===
+
+
+def train_progressive(
+    task: Task, teacher: keras.Model, student: Student, stage: Stage, phases: Phases
+) -> keras.Model:
+    """Blockwise KD at `task.block_boundaries`, then end-to-end KD (`block_distillers` above).
+
+    Phases: `<stage>_block<i>` for each block, then `<stage>`.
+    """
+    settings = task.config.progressive
+    stage = dataclasses.replace(stage, method=None)  # each phase: the task's usual KD
+    model = task.build("student", Path(student.file).stem, student)
+    boundaries = task.block_boundaries(teacher, model)
+    for index, distiller in enumerate(block_distillers(teacher, model, boundaries)):
+        block = stage.phase(f"block{index + 1}", settings.block_epochs)
+        training = task.distilled(teacher, model, block)
+        distiller.compile(keras.optimizers.Adam(stage.learning_rate))
+        phases.fit(model, dataclasses.replace(training, model=distiller), block)
+    phases.fit(model, task.distilled(teacher, model, stage), stage)
+    phases.note(blocks=[list(pair) for pair in boundaries])
+    return model
+
+
+PROGRESSIVE = Method("progressive", "progressive blockwise", train_progressive)
+
+__all__ = ["block_distillers", "check_boundaries", "PROGRESSIVE", "train_progressive"]

@@ -18,12 +18,13 @@ from kd_keras.pipeline.resumable import (
     training_record,
 )
 from kd_keras.pipeline.sequence import Prepared, prepare, run_pipeline
-from kd_keras.pipeline.task import Phases, Stage, Student, Task, Training
+from kd_keras.pipeline.task import Phases, Role, Stage, Student, Task, Training
 
 __all__ = [
     "RERUN_SAFE_KEYS",
     "Phases",
     "Prepared",
+    "Role",
     "Stage",
     "Student",
     "Task",

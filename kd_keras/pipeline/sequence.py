@@ -36,9 +36,20 @@ from kd_keras.pipeline.resumable import (
     run_state,
     training_record,
 )
-from kd_keras.pipeline.task import Stage, Student, Task, Training
+from kd_keras.pipeline.task import Role, Stage, Student, Task, Training
 from kd_keras.profile import profile_model
 from kd_keras.run_state import RunState
+
+# What each seeded step adds to its seed (`config.seed`, or a student's own `Student.seed`): every
+# stage is seeded on its own, so a resumed run seeds it as an uninterrupted run did.
+SEED_OFFSETS = {
+    "teacher": 0,  # initial weights and batches of the teacher
+    "student": 1,  # initial weights and batches of a student (from its own seed)
+    "compression": 2,  # the global seed when compression starts
+    "lowrank": 99,
+    "pruned": 100,
+    "qat": 101,
+}
 
 
 @dataclasses.dataclass
@@ -110,7 +121,7 @@ class _Run:
         rows, shipped, temperatures, seed_runs = self.students(teacher)
         rows = [teacher_row, *rows]
         spec, student = shipped
-        keras.utils.set_random_seed(config.seed + 2)
+        keras.utils.set_random_seed(config.seed + SEED_OFFSETS["compression"])
         compressed_rows, compression = self.compress(teacher, student)
         rows += compressed_rows
 
@@ -152,10 +163,16 @@ class _Run:
         config, task = self.config, self.task
         teacher, trained = self.given_teacher, None
         if teacher is None:
-            stage = Stage("teacher", config.teacher_epochs, config.learning_rate, seed=config.seed)
+            stage = Stage(
+                "teacher",
+                Role.TEACHER,
+                config.teacher_epochs,
+                config.learning_rate,
+                config.seed + SEED_OFFSETS["teacher"],
+            )
 
             def train():
-                keras.utils.set_random_seed(config.seed)
+                keras.utils.set_random_seed(config.seed + SEED_OFFSETS["teacher"])
                 with self.strategy.scope():
                     model = task.build("teacher", "teacher")
                     training = task.plain(model, stage)
@@ -177,12 +194,10 @@ class _Run:
         config, task = self.config, self.task
         rows, runs, temperatures, shipped = [], [], {}, None
         for spec in task.students():
-            stage = Stage(
-                spec.stage, config.epochs, config.learning_rate, seed=spec.seed + 1, kd=spec.kd
-            )
+            stage = _student_stage(spec, config)
 
             def train(spec: Student = spec, stage: Stage = stage):
-                keras.utils.set_random_seed(spec.seed + 1)
+                keras.utils.set_random_seed(spec.seed + SEED_OFFSETS["student"])
                 phases = _Phases(self, stage, spec.logged_as)
                 with self.strategy.scope():
                     model = task.train_student(teacher, spec, stage, phases)
@@ -242,10 +257,10 @@ class _Run:
         if sparsity is not None:
             stage = Stage(
                 "pruned",
+                Role.PRUNED,
                 settings.prune_epochs,
                 settings.learning_rate,
-                seed=config.seed + 100,
-                compressing=True,
+                config.seed + SEED_OFFSETS["pruned"],
             )
 
             def prune():
@@ -264,10 +279,10 @@ class _Run:
         if settings.qat_epochs > 0:
             stage = Stage(
                 "qat",
+                Role.QAT,
                 settings.qat_epochs,
                 settings.learning_rate,
-                seed=config.seed + 101,
-                compressing=True,
+                config.seed + SEED_OFFSETS["qat"],
             )
             with self.strategy.scope():
                 qat = compress.quantize_aware(
@@ -310,10 +325,10 @@ class _Run:
         config, task, settings = self.config, self.task, self.config.compress
         stage = Stage(
             "lowrank",
+            Role.LOWRANK,
             settings.lowrank_epochs,
             settings.learning_rate,
-            seed=config.seed + 99,
-            compressing=True,
+            config.seed + SEED_OFFSETS["lowrank"],
         )
 
         def recover():
@@ -438,7 +453,7 @@ class _Run:
                 "preprocessing": "same as training, no augmentation",
                 "quantize_aware": bool(report["compression"]["qat"]),
             }
-        stage = Stage(spec.stage, config.epochs, config.learning_rate, spec.seed + 1, spec.kd)
+        stage = _student_stage(spec, config)
         distiller = task.distilled(teacher, student, stage).model
         models = {"teacher": teacher, "student": student, "tflite": tflite}
         try:
@@ -476,7 +491,7 @@ class _Phases:
 
     def fit(self, model: keras.Model, training: Training, stage: Stage) -> None:
         run = self.run
-        if stage.name == self.stage.name:
+        if stage.role is not Role.PHASE:
             self.last = run.fit(training, stage, self.logged_as)
             self.seconds += self.last["seconds"]
             return
@@ -513,6 +528,18 @@ def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
             row["seeds"] = len(seeds)
         result.append(row)
     return result
+
+
+def _student_stage(spec: Student, config) -> Stage:
+    return Stage(
+        spec.stage,
+        Role.STUDENT,
+        config.epochs,
+        config.learning_rate,
+        spec.seed + SEED_OFFSETS["student"],
+        spec.method,
+        spec.variant,
+    )
 
 
 def _calibration_batches(images: np.ndarray, count: int = 8) -> list[np.ndarray]:

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import enum
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import tf_keras as keras
+
+from kd_keras.methods.base import Method
+
+
+class Role(enum.Enum):
+    """What a training is for in the stage sequence."""
+
+    TEACHER = "teacher"
+    STUDENT = "student"  # a student's own (last) training
+    PHASE = "phase"  # a training of a student before its last one (`Stage.phase`)
+    LOWRANK = "lowrank"  # the factored shipped student recovering while distilling
+    PRUNED = "pruned"
+    QAT = "qat"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,19 +37,32 @@ class Stage:
 
     Attributes:
         name: the run-state stage and checkpoint folder (`teacher`, `scratch`, `pruned`, ...).
+        role: what the training is for (`Role`); tasks choose data and terms by it.
         epochs: epochs to train.
         learning_rate: the peak learning rate (`compress.learning_rate` while compressing).
         seed: seeds the data order of tasks that sample per stage.
-        kd: the task's choice of KD terms for this student (`None`: its default terms).
-        compressing: the student is being pruned or trained quantization-aware.
+        method: the student's KD method (`None`: the task's plain distillation).
+        variant: the student's task-private variant (`Student.variant`).
     """
 
     name: str
+    role: Role
     epochs: int
     learning_rate: float
     seed: int = 0
-    kd: Any = None
-    compressing: bool = False
+    method: Method | None = None
+    variant: Any = None
+
+    @property
+    def compressing(self) -> bool:
+        """The student is being factored, pruned or trained quantization-aware."""
+        return self.role in (Role.LOWRANK, Role.PRUNED, Role.QAT)
+
+    def phase(self, suffix: str, epochs: int) -> Stage:
+        """A training of this student before its last one: stage `<name>_<suffix>`."""
+        return dataclasses.replace(
+            self, name=f"{self.name}_{suffix}", role=Role.PHASE, epochs=epochs
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +74,10 @@ class Student:
         label: the table row is `student (<label>)`.
         file: where the trained model is saved, relative to the output folder.
         distilled: learn from the teacher (`False`: the task loss alone).
-        kd: passed to the task as `Stage.kd`.
+        method: the KD method beyond the task's plain distillation (`kd_keras.methods.Method`);
+            one with a `trainer` trains the student in phases.
+        variant: anything else the task varies between its students (an ablation part, a
+            temperature schedule), passed as `Stage.variant`.
         seed: initial weights (and the data order of tasks that sample per stage).
         ships: the student that is compressed, exported and registered (exactly one).
         tabled: a row in the table; a `False` student (another seed) only counts in the
@@ -59,23 +89,24 @@ class Student:
     label: str
     file: str
     distilled: bool = True
-    kd: Any = None
+    method: Method | None = None
+    variant: Any = None
     seed: int = 0
     ships: bool = False
     tabled: bool = True
     logged_as: str | None = None
 
     @classmethod
-    def distilled_with(cls, method: str, label: str, seed: int = 0) -> Student:
-        """A tabled student distilled with `method` (its `kd`): `student (distilled, <label>)`,
-        stage and MLflow prefix `student_<method>`, saved as `student_<method>.keras`."""
+    def distilled_with(cls, method: Method, seed: int = 0) -> Student:
+        """A tabled student distilled with `method`: `student (distilled, <label>)`, stage and
+        MLflow prefix `student_<name>`, saved as `student_<name>.keras`."""
         return cls(
-            f"student_{method}",
-            f"distilled, {label}",
-            f"student_{method}.keras",
-            kd=method,
+            f"student_{method.name}",
+            f"distilled, {method.label}",
+            f"student_{method.name}.keras",
+            method=method,
             seed=seed,
-            logged_as=method,
+            logged_as=method.name,
         )
 
 
@@ -94,9 +125,9 @@ class Phases(Protocol):
     def fit(self, model: keras.Model, training: Training, stage: Stage) -> None:
         """Fits `training` for `stage.epochs`; `model` is the network it trains.
 
-        A stage named as the student's own is its last training (resumed from a checkpoint when
-        interrupted). Any other name is a phase before it: once finished, `model`'s weights are
-        saved and a rerun loads them instead of training again.
+        The student's own stage is its last training (resumed from a checkpoint when
+        interrupted). A `Role.PHASE` stage (`Stage.phase`) is a training before it: once
+        finished, `model`'s weights are saved and a rerun loads them instead of training again.
         """
 
     def note(self, **details) -> None:
@@ -174,15 +205,11 @@ class Task(abc.ABC):
     ) -> keras.Model:
         """Builds and trains `student`, returning its network.
 
-        Default: one training, except for the phased methods of `kd_keras.pipeline.methods`
-        (`kd="budget"`, `kd="progressive"`). A task with other methods that train in several
-        phases overrides this and runs each phase through `phases.fit`; the last one is named
-        `stage.name`.
+        Default: the method's `trainer` when it has one (phases through `phases.fit`, the last
+        one `stage` itself), else one training, distilled or plain.
         """
-        from kd_keras.pipeline.methods import PHASED
-
-        if student.kd in PHASED:
-            return PHASED[student.kd](self, teacher, student, stage, phases)
+        if student.method is not None and student.method.trainer is not None:
+            return student.method.trainer(self, teacher, student, stage, phases)
         model = self.build("student", Path(student.file).stem, student)
         if student.distilled:
             training = self.distilled(teacher, model, stage)
@@ -263,4 +290,4 @@ class Task(abc.ABC):
         return {}
 
 
-__all__ = ["Phases", "Stage", "Student", "Task", "Training"]
+__all__ = ["Phases", "Role", "Stage", "Student", "Task", "Training"]

@@ -77,7 +77,7 @@ def test_each_method_adds_a_student_built_with_it(tmp_path):
     students = task.students()
     assert [s.label for s in students] == ["scratch", "distilled", "distilled, LMA activations"]
     lma = students[-1]
-    assert (lma.stage, lma.file, lma.kd, lma.ships) == (
+    assert (lma.stage, lma.file, lma.method.name, lma.ships) == (
         "student_lma",
         "student_lma.keras",
         "lma",

@@ -6,9 +6,10 @@ import tf_keras as keras
 
 from detection.config import DetectConfig
 from detection.task import DetectionTask
-from kd_keras import budget, compress
+from kd_keras import compress
 from kd_keras.config import from_dict
-from kd_keras.pipeline import Stage
+from kd_keras.methods import BUDGET, PROGRESSIVE, budget
+from kd_keras.pipeline import Role, Stage
 
 
 class FitPhases:
@@ -50,16 +51,16 @@ def task(tmp_path_factory):
 
 
 def _student(task, method):
-    return next(s for s in task.students() if s.kd == method)
+    return next(s for s in task.students() if s.method == method)
 
 
 def test_budgeted_detector_narrows_the_backbone_within_the_budget(task):
     keras.utils.set_random_seed(0)
     teacher = task.build("teacher", "teacher")
-    spec = _student(task, "budget")
+    spec = _student(task, BUDGET)
     assert spec.label == "distilled, budgeted widths"
     phases = FitPhases()
-    stage = Stage(spec.stage, 1, 0.004, kd=spec.kd)
+    stage = Stage(spec.stage, Role.STUDENT, 1, 0.004, method=spec.method)
     model = task.train_student(teacher, spec, stage, phases)
     uniform = task.build("student", "uniform")
     details = phases.details
@@ -84,9 +85,11 @@ def test_budgeted_detector_narrows_the_backbone_within_the_budget(task):
 def test_progressive_detector_learns_the_teacher_backbone_stage_by_stage(task):
     keras.utils.set_random_seed(0)
     teacher = task.build("teacher", "teacher")
-    spec = _student(task, "progressive")
+    spec = _student(task, PROGRESSIVE)
     phases = FitPhases()
-    model = task.train_student(teacher, spec, Stage(spec.stage, 1, 0.004, kd=spec.kd), phases)
+    model = task.train_student(
+        teacher, spec, Stage(spec.stage, Role.STUDENT, 1, 0.004, method=spec.method), phases
+    )
     assert phases.names == [
         *(f"student_progressive_block{i}" for i in (1, 2, 3, 4)),
         "student_progressive",
@@ -105,7 +108,7 @@ def test_lowrank_detector_recovers_with_the_detection_kd_terms(task):
     factored_convs = [layer.name for layer in factored.layers if layer.name.endswith("_v")]
     assert factored_convs
     before = factored.get_layer(factored_convs[0]).get_weights()[0].copy()
-    stage = Stage("lowrank", 2, 0.0005, compressing=True)
+    stage = Stage("lowrank", Role.LOWRANK, 2, 0.0005)
     training = task.distilled(teacher, factored, stage)  # heatmap, box and neck-hint terms
     losses = training.model.fit(training.data, epochs=stage.epochs, verbose=0).history["loss"]
     assert np.isfinite(losses).all()

@@ -3,8 +3,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras import Distiller, LogitsDistillation, compress, offline, schedules
-from kd_keras.adversarial import AdversarialDistiller, adversarial_accuracy, fgsm, pgd
+from kd_keras import Distiller, LogitsDistillation, compress, schedules
+from kd_keras.methods import offline
+from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accuracy, fgsm, pgd
 from tests.helpers import tiny_classifier
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -3,7 +3,7 @@ import pytest
 import tf_keras as keras
 
 from detection.centernet import build_centernet
-from kd_keras import budget
+from kd_keras.methods import budget
 from kd_keras.models import build_cnn_classifier
 
 CONVS = ["stage1_block1_conv", "stage2_block1_conv", "stage3_block1_conv"]

@@ -3,7 +3,8 @@ import pytest
 import tf_keras as keras
 
 from classification.data import random_shift
-from kd_keras import Distiller, FeatureDistillation, LogitsDistillation, offline
+from kd_keras import Distiller, FeatureDistillation, LogitsDistillation
+from kd_keras.methods import offline
 from tests.helpers import tiny_classifier, tiny_data
 
 CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

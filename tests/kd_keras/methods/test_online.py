@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras.online import OnlineDistiller
+from kd_keras.methods.online import OnlineDistiller
 from tests.helpers import assert_config_round_trip, tiny_classifier, tiny_data
 
 T = 3.0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from kd_keras import progressive
+from kd_keras.methods import progressive
 from kd_keras.models import build_cnn_classifier, stage_outputs
 
 
