@@ -1,4 +1,23 @@
-"""kd-keras: knowledge distillation for tf_keras models that ship to robots."""
+"""kd-keras: knowledge distillation for tf_keras models that ship to robots.
+
+Where things are, one hop from here:
+
+    Distiller, terms, losses, schedules   the KD API: a frozen teacher, a student, composable
+                                          terms (`LogitsDistillation`, `FeatureDistillation`),
+                                          pure loss functions, temperature schedules
+    kd_keras.methods      KD methods beyond the plain Distiller, one module each: offline,
+                          online (OKDDip), adversarial (ARD), progressive, budget
+    kd_keras.compress     TF-MOT pruning, QAT/PQAT, low-rank factoring, sparsity choice
+    kd_keras.export       TFLite conversion; LiteRT evaluation, parity, latency
+    kd_keras.models       reference CNN, LMA activation, safe model loading, layer inspection
+    kd_keras.images       the image reader every task uses (as displayed, 8 bits, any format)
+    kd_keras.pipeline     the stage sequence (`run_pipeline`), the `Task` contract (stages,
+                          roles, students, methods), resumable stages
+    kd_keras.tracking     MLflow runs, the LiteRT pyfunc model, registry aliases, promotion
+    kd_keras.config, kd_keras.settings    typed YAML configs and the sections recipes share
+    kd_keras.run_state, kd_keras.fingerprint    what an output folder holds, and of what data
+    kd_keras.distribute   strategies by name (mirrored, multi-worker)
+"""
 
 from kd_keras import losses, schedules
 from kd_keras.distiller import Distiller
