@@ -85,7 +85,7 @@ class CompressSettings(ConfigModel):
 
 
 class BudgetSettings(ConfigModel):
-    """The `budget` student (`kd_keras.budget`): per-conv widths learned to fit a budget.
+    """The `budget` student (`kd_keras.methods.budget`): per-conv widths learned to fit a budget.
 
     `student_model` with every prunable conv `start_width` times wider (in a residual backbone:
     the inner convs of each block) is distilled for `search_epochs` with a cost-weighted L1
@@ -106,7 +106,7 @@ class BudgetSettings(ConfigModel):
 
 
 class ProgressiveSettings(ConfigModel):
-    """The `progressive` student (`kd_keras.progressive`): blockwise, then end to end.
+    """The `progressive` student (`kd_keras.methods.progressive`): blockwise, then end to end.
 
     Each student block learns to reproduce its teacher block's output for `block_epochs`, the
     blocks before it frozen, before `epochs` of distillation of the whole student.
@@ -133,7 +133,8 @@ class RunConfig(ConfigModel):
     model; with `int8_costs` each trained network's row also gets the size and latency of its
     post-training full-int8 file (`int8_bytes`, `int8_latency_ms`). `strategy` spreads each
     training step over devices or worker processes (`kd_keras.distribute`: `none`, `mirrored`,
-    `multiworker` with `TF_CONFIG`).
+    `multiworker` with `TF_CONFIG`). A `multiworker` worker waits `worker_timeout` seconds for
+    the others to start, then stops with an error naming those that did not.
     """
 
     data: str | None = None
@@ -146,6 +147,7 @@ class RunConfig(ConfigModel):
     output_dir: str = "runs/kd"
     restart: bool = False
     strategy: Literal["none", "mirrored", "multiworker"] = "none"
+    worker_timeout: float = Field(120.0, gt=0)
     tracking: TrackingSettings = TrackingSettings()
 
 

@@ -136,8 +136,16 @@ def run_prepared(prepared) -> dict:
 
 
 def recipe_main(parse_config, prepare, run, argv, columns) -> int:
-    """Runs a recipe from the command line and prints its table; 2 when refused or stopped."""
-    outcome = parse_and_run(parse_config, prepare, run, argv)
+    """Runs a recipe from the command line and prints its table; 2 when refused or stopped,
+    130 when interrupted with Ctrl-C (finished stages are kept: rerun to resume)."""
+    try:
+        outcome = parse_and_run(parse_config, prepare, run, argv)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the finished stages are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     if outcome is None:
         return 2
     config, report = outcome

@@ -59,6 +59,7 @@ RERUN_SAFE_KEYS = (
     "int8_costs",
     "restart",
     "strategy",
+    "worker_timeout",
 )
 
 

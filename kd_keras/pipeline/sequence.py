@@ -70,7 +70,7 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
     Every input error is raised here, before any training. Under `multiworker`, a worker other
     than the chief gets its own output folder (`<output_dir>/worker_<index>`) and no tracking.
     """
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.strategy, worker_timeout=config.worker_timeout)
     index = worker_index(strategy)
     if index > 0:
         config = config.model_copy(
