@@ -22,6 +22,7 @@ from kd_keras.fingerprint import file_listing
 from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
 from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.models import build_cnn_classifier, stage_outputs
+from kd_keras.models.graph import output_layer
 from kd_keras.models.inspect import final_activation
 from kd_keras.pipeline import Role, Stage, Student, Task, Training
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
@@ -111,7 +112,7 @@ class ClassificationTask(Task):
 
     def _check_teacher_outputs(self, teacher: keras.Model, path: str) -> None:
         declared = self.config.distill.teacher_outputs
-        activation = final_activation(teacher.outputs[0].node.layer)
+        activation = final_activation(output_layer(teacher))
         ends_in_softmax = activation == "softmax"
         if ends_in_softmax == (declared == "probabilities") or activation is None:
             return

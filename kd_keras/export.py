@@ -76,10 +76,11 @@ def to_tflite(
         ValueError: an unknown mode, `int8_io` outside `int8`, or `int8` for a model without
             QAT and without `representative_data`.
     """
-    from kd_keras.compress.prune import check_functional, is_pruned
+    from kd_keras.compress.prune import is_pruned
     from kd_keras.compress.quantize import is_quantize_aware
+    from kd_keras.models.graph import check_functional
 
-    check_functional(model, "to_tflite")
+    check_functional(model, "model to convert")
     if mode not in MODES:
         raise ValueError(f"Expected mode in {MODES}. Received: mode={mode!r}.")
     if int8_io and mode != "int8":

@@ -12,6 +12,8 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
+from kd_keras.models.graph import check_functional
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelProfile:
@@ -58,11 +60,7 @@ def serialized_size(model: keras.Model) -> int:
 
 def profile_model(model: keras.Model) -> ModelProfile:
     """Parameters, FLOPs (MACs × 2) and serialized size of a functional tf_keras model."""
-    if not getattr(model, "_is_graph_network", False):
-        raise TypeError(
-            "profile_model needs a functional or Sequential model with known input shapes. "
-            f"Received: {type(model)!r}."
-        )
+    check_functional(model, "model to profile")
     return ModelProfile(
         params=int(model.count_params()),
         flops=count_flops(model),

@@ -31,13 +31,3 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
         if index == 0:
             rendered.append("  ".join("-" * w for w in widths))
     return "\n".join(rendered)
-
-
-def human_bytes(size: int) -> str:
-    """`12345` to `"12.1 KiB"`."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} GiB"

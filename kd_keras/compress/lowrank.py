@@ -24,8 +24,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras.compress.prune import check_exclude, check_functional, is_pruned
+from kd_keras.compress.prune import check_exclude, is_pruned
 from kd_keras.compress.quantize import is_quantize_aware
+from kd_keras.models import graph
+from kd_keras.models.graph import check_functional
 
 VERTICAL_SUFFIX, HORIZONTAL_SUFFIX = "_v", "_h"
 
@@ -91,7 +93,7 @@ def decompose(
         >>> model = build_cnn_classifier((16, 16, 3), 4, 0.25)
         >>> small = decompose(model, 0.5)   # stage*_conv -> stage*_conv_v, stage*_conv_h
     """
-    check_functional(model, "decompose")
+    check_functional(model, "model to factor")
     _check_rank(rank)
     if isinstance(min_kernel, bool) or not isinstance(min_kernel, numbers.Integral):
         raise ValueError(f"Expected min_kernel to be an int >= 1. Received: {min_kernel=}.")
@@ -114,7 +116,7 @@ def decompose(
     # KerasTensors of `model` (by id) -> tensors of the new graph.
     mapping: dict[int, object] = {}
     for tensor in model.inputs:
-        input_layer = tensor._keras_history.layer
+        input_layer = graph.source_layer(tensor)
         if not isinstance(input_layer, keras.layers.InputLayer):
             raise ValueError(
                 "decompose needs a model whose inputs are keras.Input tensors; input "
@@ -139,11 +141,7 @@ def decompose(
                 f"model. Rebuild it with the sub-model's layers called on tensors. "
                 f"Received: layer={layer.name!r} ({type(layer).__name__})."
             )
-        nodes = [
-            node
-            for index, node in enumerate(layer._inbound_nodes)
-            if f"{layer.name}_ib-{index}" in model._network_nodes
-        ]
+        nodes = graph.calls_in(model, layer)
         if len(nodes) != 1:
             raise ValueError(
                 f"decompose rebuilds each layer once; layer {layer.name!r} is called "

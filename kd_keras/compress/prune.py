@@ -22,6 +22,8 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
+from kd_keras.models.graph import check_functional
+
 _sparsity = tfmot.sparsity.keras
 
 ScheduleName = Literal["constant", "polynomial"]
@@ -102,7 +104,7 @@ def prune(
     Raises:
         TypeError: `model` is not a functional/Sequential tf_keras model.
     """
-    check_functional(model, "prune")
+    check_functional(model, "model to prune")
     if m_by_n is not None:
         if len(m_by_n) != 2 or not 0 < m_by_n[0] < m_by_n[1]:
             raise ValueError(
@@ -226,21 +228,6 @@ def wrapped_layer_name(model: keras.Model, name: str | None) -> str | None:
         f"Model {model.name!r} has no layer that was called {name!r}. Its layers are: {names}. "
         f"Received: name={name!r}."
     )
-
-
-def check_functional(model, action: str) -> None:
-    """Raises a clear error unless `model` is a functional/Sequential tf_keras model."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"{action} needs a tf_keras model (import tf_keras as keras); TF-MOT cannot handle "
-            f"Keras 3 objects. Received: model={type(model)!r}."
-        )
-    if not getattr(model, "_is_graph_network", False):
-        raise TypeError(
-            f"{action} needs a functional or Sequential model: TF-MOT rewrites the layer graph, "
-            "which a subclassed model does not expose. Rebuild it with "
-            f"keras.Model(inputs, outputs). Received: model={type(model).__name__} (subclassed)."
-        )
 
 
 def _deployable(model: keras.Model) -> keras.Model:

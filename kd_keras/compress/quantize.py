@@ -27,7 +27,8 @@ from tensorflow_model_optimization.python.core.quantization.keras.default_8bit i
     default_8bit_quantize_registry,
 )
 
-from kd_keras.compress.prune import check_functional, is_pruned, sparsity_report
+from kd_keras.compress.prune import is_pruned, sparsity_report
+from kd_keras.models.graph import check_functional
 from kd_keras.models.lma import LMA, LMAQuantizeConfig
 
 _quantization = tfmot.quantization.keras
@@ -149,7 +150,7 @@ def quantize_aware(
         ValueError: a model still carrying pruning wrappers, or a layer TF-MOT cannot quantize
             (the message names each such layer and how to fix it).
     """
-    check_functional(model, "quantize_aware")
+    check_functional(model, "model to quantize")
     if is_pruned(model):
         raise ValueError(
             "quantize_aware needs a model without pruning wrappers. Call "

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
-from kd_keras.compress.prune import check_functional, zero_smallest
+from kd_keras.compress.prune import zero_smallest
 from kd_keras.io import atomic_write_bytes, atomic_write_json
+from kd_keras.models.graph import check_functional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,7 @@ def sparsity_curve(
     Returns:
         `(sparsities, scores)`, sorted by sparsity.
     """
-    check_functional(model, "sparsity_curve")
+    check_functional(model, "model to measure")
     grid = sorted({0.0, *(float(s) for s in sparsities)})
     scores = []
     for sparsity in grid:

@@ -35,6 +35,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras.methods.base import Method
+from kd_keras.models.graph import consumers, inbound_layers, source_layer
 from kd_keras.models.lma import LMA
 from kd_keras.profile import count_flops
 
@@ -77,17 +78,17 @@ def prunable_convs(model: keras.Model, include: Callable[[str], bool] | None = N
     for layer in model.layers:
         if type(layer) is not keras.layers.Conv2D or (include and not include(layer.name)):
             continue
-        consumers = _consumers(layer)
-        if len(consumers) != 1 or not isinstance(consumers[0], keras.layers.BatchNormalization):
+        readers = consumers(layer)
+        if len(readers) != 1 or not isinstance(readers[0], keras.layers.BatchNormalization):
             continue
-        if _reaches_only_readers(model, consumers[0]):
+        if _reaches_only_readers(model, readers[0]):
             names.append(layer.name)
     return names
 
 
 def scale_layer(model: keras.Model, conv: str) -> keras.layers.BatchNormalization:
     """The BatchNorm whose γ scales `conv`'s channels."""
-    return _consumers(model.get_layer(conv))[0]
+    return consumers(model.get_layer(conv))[0]
 
 
 def scaling_factors(model: keras.Model, convs: Sequence[str]) -> dict[str, np.ndarray]:
@@ -207,7 +208,7 @@ def slim(model: keras.Model, kept: Mapping[str, Sequence[int]]) -> keras.Model:
     target = with_widths(model, {name: len(indices) for name, indices in kept.items()})
     selection: dict[str, np.ndarray | None] = {}
     for layer in model.layers:
-        inbound = _inbound(layer)
+        inbound = inbound_layers(layer)
         selected = None if not inbound else selection[inbound[0].name]
         if len(inbound) > 1 and any(selection[i.name] is not None for i in inbound):
             raise ValueError(f"Layer {layer.name!r} merges tensors whose channels were cut.")
@@ -240,26 +241,15 @@ def _sliced(layer, weight, inputs: np.ndarray | None, outputs: np.ndarray | None
     return value if inputs is None else value[..., inputs]
 
 
-def _inbound(layer) -> list:
-    if not layer._inbound_nodes:
-        return []
-    inbound = layer._inbound_nodes[0].inbound_layers
-    return list(inbound) if isinstance(inbound, list | tuple) else [inbound]
-
-
-def _consumers(layer) -> list:
-    return [node.outbound_layer for node in layer._outbound_nodes]
-
-
 def _reaches_only_readers(model: keras.Model, layer) -> bool:
-    outputs = {tensor.node.layer.name for tensor in model.outputs}
+    outputs = {source_layer(tensor).name for tensor in model.outputs}
     members = {inner.name for inner in model.layers}
     pending = [layer]
     while pending:
         current = pending.pop()
         if current.name in outputs:
             return False
-        for consumer in _consumers(current):
+        for consumer in consumers(current):
             if consumer.name not in members:  # a node of another model built on this one
                 continue
             if isinstance(consumer, _CHANNELWISE):

@@ -87,15 +87,3 @@ def stage_outputs(model: keras.Model) -> list[str]:
         if stage.startswith("stage"):
             ends[stage] = layer.name
     return list(ends.values())
-
-
-def build_teacher(input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
-    """The default teacher: width 2, two blocks per stage."""
-    kwargs = {"width_multiplier": 2.0, "depth_multiplier": 2, "name": "teacher", **kwargs}
-    return build_cnn_classifier(input_shape, num_classes, **kwargs)
-
-
-def build_student(input_shape: Sequence[int], num_classes: int, **kwargs) -> keras.Model:
-    """The default student: width 0.25, one block per stage."""
-    kwargs = {"width_multiplier": 0.25, "depth_multiplier": 1, "name": "student", **kwargs}
-    return build_cnn_classifier(input_shape, num_classes, **kwargs)
