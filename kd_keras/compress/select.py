@@ -156,16 +156,16 @@ def save_curve(curve: SparsityCurve, directory: str | os.PathLike, name: str = "
     Returns:
         `{"json": path, "plot": path}`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import io
 
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     directory = Path(directory)
     json_path = atomic_write_json(directory / f"{name}_curve.json", curve.as_dict())
-    figure, axes = plt.subplots(figsize=(5, 3.5))
+    figure = Figure(figsize=(5, 3.5))
+    FigureCanvasAgg(figure)  # its own canvas: pyplot and the global backend stay untouched
+    axes = figure.subplots()
     axes.plot(curve.sparsities, curve.accuracies, marker="o", label="after adaptive BN")
     index = curve.sparsities.index(curve.chosen)
     axes.scatter(
@@ -178,7 +178,6 @@ def save_curve(curve: SparsityCurve, directory: str | os.PathLike, name: str = "
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     plot_path = atomic_write_bytes(directory / f"{name}_curve.png", buffer.getvalue())
     return {"json": str(json_path), "plot": str(plot_path)}
 

@@ -1,4 +1,8 @@
-"""Run plots: training curves and a metric against model size (PNG files, no display needed)."""
+"""Run plots: training curves and a metric against model size (PNG files, no display needed).
+
+Figures are drawn on their own Agg canvas, without pyplot, so matplotlib's global backend and
+the caller's open figures are left as they were.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
 def training_curves(metrics: Sequence[Sequence], path: str | os.PathLike) -> Path | None:
@@ -29,7 +31,8 @@ def training_curves(metrics: Sequence[Sequence], path: str | os.PathLike) -> Pat
         panels[panel or "training"][name].append((step, value))
     if not panels:
         return None
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    figure = _figure((4.5 * len(panels), 3.5))
+    axes = figure.subplots(1, len(panels), squeeze=False)
     for axis, (panel, series) in zip(axes[0], sorted(panels.items())):
         for name, points in sorted(series.items()):
             steps, values = zip(*sorted(points))
@@ -55,7 +58,8 @@ def metric_vs_size(
     """
     if not points:
         return None
-    figure, axis = plt.subplots(figsize=(5, 3.5))
+    figure = _figure((5, 3.5))
+    axis = figure.subplots()
     for label, size, value in points:
         axis.scatter(size / 1024, value)
         axis.annotate(
@@ -67,10 +71,15 @@ def metric_vs_size(
     return _save(figure, path)
 
 
-def _save(figure, path) -> Path:
+def _figure(size: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
