@@ -7,6 +7,7 @@ receives the resolved values.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -53,6 +54,37 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_name: str) -> None
         default=None,
         help="retrain every stage instead of reusing those finished in --output-dir",
     )
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings only, not stages and epochs"
+    )
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (tests replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """Shows the `kd_keras` logger on stderr: stages and epochs (INFO), warnings only with
+    `quiet`, debugging details with `verbose`. Calling it again replaces the earlier set-up."""
+    logger = logging.getLogger("kd_keras")
+    for handler in [h for h in logger.handlers if getattr(h, "_kd_keras_recipe", False)]:
+        logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    handler._kd_keras_recipe = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False  # a root handler installed by a dependency would print it twice
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str, object]) -> T:
@@ -191,6 +223,7 @@ class Recipe:
         add_run_arguments(parser, self.config_class.__name__)
         self.add_options(parser)
         args = parser.parse_args(argv)
+        configure_logging(args.quiet, args.verbose)
         return config_from_args(self.config_class, args, self.named_options(args))
 
     def prepare(self, config):

@@ -1,12 +1,26 @@
-"""Test set-up: two logical CPU devices (for MirroredStrategy tests) and small thread pools."""
+"""Test set-up: two logical CPU devices (for MirroredStrategy tests), small thread pools, and
+the `kd_keras` logger reset after each test."""
 
+import logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
+
+
+@pytest.fixture(autouse=True)
+def _kd_keras_logger_as_found():
+    """A recipe run in-process sets up the `kd_keras` logger for a terminal; undo it after."""
+    yield
+    logger = logging.getLogger("kd_keras")
+    for handler in [h for h in logger.handlers if getattr(h, "_kd_keras_recipe", False)]:
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

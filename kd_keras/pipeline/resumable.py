@@ -17,6 +17,7 @@ import tf_keras as keras
 from kd_keras import config as config_lib
 from kd_keras.io import atomic_save_model, atomic_save_weights
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.progress import EpochLog, log
 from kd_keras.run_state import RunState
 from kd_keras.training import StopOnNonFiniteLoss
 
@@ -33,17 +34,19 @@ def fit_resumable(
     """Fits with a `BackupAndRestore` in `checkpoint_dir`, so an interrupted run resumes there.
 
     A NaN or infinite loss stops the run with `TrainingDivergedError` (naming `stage`) before
-    anything is saved. Returns the wall-clock seconds and the history.
+    anything is saved. Each epoch is logged (`kd_keras.pipeline.progress.EpochLog`). Returns the
+    wall-clock seconds and the history.
     """
     backup = keras.callbacks.BackupAndRestore(str(checkpoint_dir), delete_checkpoint=True)
-    guard = StopOnNonFiniteLoss(stage or Path(checkpoint_dir).name)
+    name = stage or Path(checkpoint_dir).name
+    guard = StopOnNonFiniteLoss(name)
     start = time.perf_counter()
     history = model.fit(
         dataset,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         # The backup comes last: once an epoch's checkpoint exists, its metrics are logged.
-        callbacks=[guard, *callbacks, backup],
+        callbacks=[guard, EpochLog(name, epochs), *callbacks, backup],
         verbose=0,
     )
     return time.perf_counter() - start, history.history
@@ -136,10 +139,13 @@ def reuse_or_train(
     """
     record = state.done(stage)
     if record is not None:
+        log.info("%s: reused (finished earlier, %s)", stage, Path(path).name)
         return load_model_file(path, option=stage), record
+    log.info("%s: started", stage)
     model, record = train()
     atomic_save_model(model, path)
     state.finish(stage, file=path, **record)
+    _log_finished(stage, record)
     return model, record
 
 
@@ -159,12 +165,21 @@ def reuse_or_train_weights(
     """
     record = state.done(stage)
     if record is not None:
+        log.info("%s: reused (finished earlier, %s)", stage, Path(path).name)
         model.load_weights(path)
         return record
+    log.info("%s: started", stage)
     record = train()
     atomic_save_weights(model, path)
     state.finish(stage, file=path, **record)
+    _log_finished(stage, record)
     return record
+
+
+def _log_finished(stage: str, record: Mapping) -> None:
+    loss = record.get("loss")
+    shown = "" if loss is None else f", final loss {loss:.4g}"
+    log.info("%s: finished in %.1f s%s", stage, record.get("seconds", 0.0), shown)
 
 
 def training_record(seconds: float, history: Mapping[str, list]) -> dict:

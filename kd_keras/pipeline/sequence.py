@@ -29,6 +29,7 @@ from kd_keras.distribute import make_strategy, worker_index
 from kd_keras.export import io_json_path, tflite_latency, tflite_size, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.progress import Heartbeat, format_metrics, log
 from kd_keras.pipeline.resumable import (
     fit_resumable,
     reuse_or_train,
@@ -96,11 +97,13 @@ def run_pipeline(prepared: Prepared, session=None) -> dict:
     `session` is the MLflow `RunSession` that records the run, or `None` for none. The report
     is also written to `<output_dir>/report.json`.
     """
-    return _Run(prepared, session).run()
+    with Heartbeat() as heartbeat:
+        return _Run(prepared, session, heartbeat).run()
 
 
 class _Run:
-    def __init__(self, prepared: Prepared, session) -> None:
+    def __init__(self, prepared: Prepared, session, heartbeat: Heartbeat) -> None:
+        self.heartbeat = heartbeat
         self.task, self.state, self.config = prepared.task, prepared.state, prepared.config
         self.strategy = prepared.strategy
         self.given_teacher = prepared.teacher
@@ -349,6 +352,8 @@ class _Run:
         """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""
         task = self.task
         path = self.output / f"student_{mode}.tflite"
+        self.heartbeat.what = f"exporting the student to {mode} TFLite"
+        log.info("exporting the student to %s", path.name)
         deployable = task.deployable(model)
         calibrate = mode == "int8" and not compress.is_quantize_aware(model)
         to_tflite(
@@ -380,6 +385,7 @@ class _Run:
         """
         if not self.config.int8_costs:
             return {}
+        self.heartbeat.what = f"quantizing {label} to int8"
         try:
             flatbuffer = to_tflite(
                 self.task.deployable(model),
@@ -406,6 +412,7 @@ class _Run:
         """A table row: `metrics`, and the cost of the float `model` (what it ships as)."""
         profile = profile_model(self.task.deployable(model))
         trained = trained or {}
+        log.info("%s: %s", label, _metrics_text(metrics))
         return {
             "model": label,
             **metrics,
@@ -421,9 +428,12 @@ class _Run:
         """A `.tflite` file's row: LiteRT metrics, file size and latency; `base`'s params."""
         profile = profile_model(self.task.deployable(base))
         size = tflite_size(path)
+        self.heartbeat.what = f"evaluating {path.name} in LiteRT"
+        metrics = self.task.evaluate_tflite(path)
+        log.info("%s: %s", label, _metrics_text(metrics))
         return {
             "model": label,
-            **self.task.evaluate_tflite(path),
+            **metrics,
             "params": profile.params,
             "flops": profile.flops,
             "size_bytes": size["bytes"],
@@ -438,6 +448,8 @@ class _Run:
         from kd_keras import tracking
 
         config, task = self.config, self.task
+        self.heartbeat.what = "recording the run in MLflow"
+        log.info("recording the run in MLflow")
         tflite = self.artifacts.get("student_tflite")
         shipped_row = report["rows"][-1] if tflite else {}
         exported = report["compression"].get("export") or {}
@@ -528,6 +540,11 @@ def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
             row["seeds"] = len(seeds)
         result.append(row)
     return result
+
+
+def _metrics_text(metrics: dict) -> str:
+    numbers = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+    return format_metrics(numbers) if numbers else "measured"
 
 
 def _student_stage(spec: Student, config) -> Stage:
