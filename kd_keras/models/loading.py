@@ -42,7 +42,7 @@ def load_model_file(
         return keras.models.load_model(
             path, custom_objects=custom_objects, compile=False, safe_mode=True
         )
-    except Exception as error:  # noqa: BLE001 - h5py, zipfile and Keras each raise their own
+    except Exception as error:
         first_line = (str(error).strip().splitlines() or [""])[0][:300]
         raise ModelFileError(
             f"Cannot load {path} ({type(error).__name__}: {first_line}). Check that it was saved "

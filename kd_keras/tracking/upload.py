@@ -102,7 +102,7 @@ def upload_pending(
         try:
             client.set_tag(partial, "kd_keras.superseded_by", run.info.run_id)
             client.set_terminated(partial, "FAILED")
-        except Exception:  # noqa: BLE001, S110 - the partial run may live in another store
+        except Exception:  # noqa: BLE001 - the partial run may live in another store
             pass
     return completed(uri, Path(directory), bundle, run.info.run_id, version)
 
