@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kd_keras.pipeline import table_columns
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 UNIFORM, BUDGET, PROGRESSIVE, LONGER = (
@@ -134,21 +136,8 @@ def _print_means(accuracies: dict[str, list[float]]) -> None:
         print(f"{name} - uniform: {np.mean(differences):+.4f} ± {np.std(differences):.4f}")
 
 
-COST_COLUMNS = [
-    ("params", "params", ","),
-    ("flops", "FLOPs", ","),
-    ("latency_ms", "LiteRT (ms)", ".4f"),
-    ("int8_bytes", "PTQ int8 (bytes)", ","),
-    ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
-    ("train_seconds", "train (s)", ".0f"),
-]
-CLASSIFY_COLUMNS = [("model", "model", ""), ("accuracy", "accuracy", ".4f"), *COST_COLUMNS]
-DETECT_COLUMNS = [
-    ("model", "model", ""),
-    ("AP", "AP", ".3f"),
-    ("AP50", "AP50", ".3f"),
-    *COST_COLUMNS,
-]
+CLASSIFY_COLUMNS = table_columns(("accuracy",), digits=4)
+DETECT_COLUMNS = table_columns(("AP", "AP50"))
 
 
 if __name__ == "__main__":

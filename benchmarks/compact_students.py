@@ -20,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+from kd_keras.pipeline import table_columns
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -81,21 +83,8 @@ def main() -> None:
     print(f"\nwritten {output / 'benchmark.json'}")
 
 
-COLUMNS = [
-    ("model", "model", ""),
-    ("accuracy", "accuracy", ".4f"),
-    ("params", "params", ","),
-    ("flops", "FLOPs", ","),
-    ("size_bytes", "size (bytes)", ","),
-    ("latency_ms", "LiteRT (ms)", ".4f"),
-]
-STUDENT_COLUMNS = [
-    *COLUMNS[:2],
-    ("pgd_accuracy", "PGD accuracy", ".4f"),
-    *COLUMNS[2:],
-    ("int8_bytes", "PTQ int8 (bytes)", ","),
-    ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
-]
+COLUMNS = table_columns(("accuracy",), digits=4)
+STUDENT_COLUMNS = table_columns(("accuracy", "pgd_accuracy"), digits=4)
 RATIOS = [("params_ratio", "params / full", ".3f"), ("latency_ratio", "latency / full", ".2f")]
 
 

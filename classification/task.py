@@ -24,13 +24,11 @@ from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accur
 from kd_keras.models import build_cnn_classifier, stage_outputs
 from kd_keras.models.graph import output_layer
 from kd_keras.models.inspect import final_activation
-from kd_keras.pipeline import Role, Stage, Student, Task, Training
+from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
 #: A student with LMA activations, distilled like the shipped one.
 LMA_METHOD = Method("lma", "LMA activations")
-#: The `methods` config values and the methods they name.
-METHODS = {method.name: method for method in (LMA_METHOD, ROBUST, OKDDIP, BUDGET, PROGRESSIVE)}
 
 
 class ClassificationTask(Task):
@@ -39,20 +37,12 @@ class ClassificationTask(Task):
     name = "classification"
     headline = "accuracy"
     metric_keys = ("accuracy",)
-    columns = (
-        ("model", "model", ""),
-        ("accuracy", "accuracy", ".4f"),
-        ("pgd_accuracy", "PGD accuracy", ".4f"),
-        ("params", "params", ","),
-        ("flops", "FLOPs", ","),
-        ("size_bytes", "size (bytes)", ","),
-        ("gzip_bytes", "gzip (bytes)", ","),
-        ("sparsity", "sparsity", ".2f"),
-        ("latency_ms", "LiteRT (ms)", ".4f"),
-        ("int8_bytes", "PTQ int8 (bytes)", ","),
-        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4f"),
-        ("train_seconds", "train (s)", ".1f"),
+    columns = table_columns(
+        ("accuracy", "pgd_accuracy"),
+        digits=4,
+        extra=(("gzip_bytes", "gzip (bytes)", ","), ("sparsity", "sparsity", ".2f")),
     )
+    methods = (LMA_METHOD, ROBUST, OKDDIP, BUDGET, PROGRESSIVE)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -151,23 +141,6 @@ class ClassificationTask(Task):
             name=name,
             activation=activation,
         )
-
-    def students(self) -> list[Student]:
-        seed = self.config.seed
-        return [
-            Student(
-                "scratch", "scratch", "student_scratch.keras", False, seed=seed, logged_as="scratch"
-            ),
-            Student(
-                "student",
-                "distilled",
-                "student.keras",
-                seed=seed,
-                ships=True,
-                logged_as="distilled",
-            ),
-            *(Student.distilled_with(METHODS[name], seed) for name in self.config.methods),
-        ]
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):
         """The stages' ends (`stage<i>_pool`): both networks have one stage per base width."""

@@ -32,11 +32,9 @@ from detection.visualize import detection_pictures
 from kd_keras import compress
 from kd_keras.fingerprint import file_digest, file_listing
 from kd_keras.methods import BUDGET, PROGRESSIVE
-from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size
+from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
 
 ABLATION = ("heatmap", "box", "hint")
-#: The `methods` config values and the methods they name.
-METHODS = {method.name: method for method in (BUDGET, PROGRESSIVE)}
 
 
 def load_data(config) -> tuple[CocoDataset, CocoDataset, str]:
@@ -81,19 +79,8 @@ class DetectionTask(Task):
     name = "detection"
     headline = "AP"
     metric_keys = ("AP", "AP50")
-    columns = (
-        ("model", "model", ""),
-        ("AP", "AP", ".3f"),
-        ("AP50", "AP50", ".3f"),
-        ("AP75", "AP75", ".3f"),
-        ("params", "params", ","),
-        ("flops", "FLOPs", ","),
-        ("size_bytes", "size (bytes)", ","),
-        ("latency_ms", "LiteRT (ms)", ".2f"),
-        ("int8_bytes", "PTQ int8 (bytes)", ","),
-        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".2f"),
-        ("train_seconds", "train (s)", ".0f"),
-    )
+    columns = table_columns(("AP", "AP50", "AP75"))
+    methods = (BUDGET, PROGRESSIVE)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -157,24 +144,18 @@ class DetectionTask(Task):
         )
 
     def students(self) -> list[Student]:
-        seed = self.config.seed
-        scratch = Student(
-            "scratch", "scratch", "student_scratch.keras", False, seed=seed, logged_as="scratch"
-        )
+        """The default students, with one per KD part (`ablation`) before the distilled one."""
+        scratch, distilled, *compact = super().students()
         ablation = [
             Student(
                 f"student_{only}",
                 f"{only} KD only",
                 f"student_{only}.keras",
                 variant=only,
-                seed=seed,
+                seed=self.config.seed,
             )
             for only in (ABLATION if self.config.ablation else ())
         ]
-        distilled = Student(
-            "student", "distilled", "student.keras", seed=seed, ships=True, logged_as="distilled"
-        )
-        compact = [Student.distilled_with(METHODS[name], seed) for name in self.config.methods]
         return [scratch, *ablation, distilled, *compact]
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):

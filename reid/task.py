@@ -21,7 +21,7 @@ from kd_keras import compress
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.fingerprint import file_listing
-from kd_keras.pipeline import Role, Stage, Student, Task, Training
+from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.terms import LogitsDistillation
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder
@@ -47,19 +47,7 @@ class ReIDTask(Task):
     name = "reid"
     headline = "mAP"
     metric_keys = ("rank1", "mAP")
-    columns = (
-        ("model", "model", ""),
-        ("rank1", "rank-1", ".3f"),
-        ("rank5", "rank-5", ".3f"),
-        ("mAP", "mAP", ".3f"),
-        ("params", "params", ","),
-        ("flops", "FLOPs", ","),
-        ("size_bytes", "size (bytes)", ","),
-        ("latency_ms", "LiteRT (ms)", ".3f"),
-        ("int8_bytes", "PTQ int8 (bytes)", ","),
-        ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".3f"),
-        ("train_seconds", "train (s)", ".1f"),
-    )
+    columns = table_columns(("rank1", "rank5", "mAP"))
     calibration_split = "bounding_box_train"
     ptq_reference = True
 

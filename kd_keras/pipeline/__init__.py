@@ -18,9 +18,19 @@ from kd_keras.pipeline.resumable import (
     training_record,
 )
 from kd_keras.pipeline.sequence import Prepared, prepare, run_pipeline
-from kd_keras.pipeline.task import Phases, Role, Stage, Student, Task, Training
+from kd_keras.pipeline.task import (
+    COST_COLUMNS,
+    Phases,
+    Role,
+    Stage,
+    Student,
+    Task,
+    Training,
+    table_columns,
+)
 
 __all__ = [
+    "COST_COLUMNS",
     "RERUN_SAFE_KEYS",
     "Phases",
     "Prepared",
@@ -37,5 +47,6 @@ __all__ = [
     "run_pipeline",
     "run_state",
     "stage_dependencies",
+    "table_columns",
     "training_record",
 ]

@@ -149,8 +149,10 @@ class Task(abc.ABC):
     headline: str
     #: row keys of the LiteRT model logged as `tflite_<key>` metrics (and averaged over seeds).
     metric_keys: Sequence[str]
-    #: the table `(key, heading, format)` columns.
-    columns: Sequence[tuple[str, str, str]]
+    #: the table `(key, heading, format)` columns (default: `table_columns(metric_keys)`).
+    columns: Sequence[tuple[str, str, str]] = ()
+    #: the methods `config.methods` may name, each adding a student (`default_students`).
+    methods: Sequence[Method] = ()
     #: the data split the int8 ranges are calibrated on.
     calibration_split: str = "train"
     #: also export the uncompressed student with post-training int8, as a reference row.
@@ -161,23 +163,38 @@ class Task(abc.ABC):
 
     # --- data and models ---
 
-    @property
-    @abc.abstractmethod
-    def description(self) -> str:
-        """The data, as `report["data"]` says it."""
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.columns and getattr(cls, "metric_keys", None):
+            cls.columns = table_columns(cls.metric_keys)
 
-    @abc.abstractmethod
+    @property
+    def description(self) -> str:
+        """The data, as `report["data"]` says it (default: `config.data`, or built-in)."""
+        return str(getattr(self.config, "data", None) or "built-in")
+
     def summary(self) -> dict:
-        """Data sizes (and classes) for the report."""
+        """Data sizes (and classes) for the report (default: none)."""
+        return {}
 
     def data_fingerprint(self) -> dict:
         """What the data is, for reruns (`kd_keras.fingerprint`): annotation digests, image
         listings, built-in generator settings. A rerun with another fingerprint is refused."""
         return {}
 
-    @abc.abstractmethod
     def check_teacher(self, teacher: keras.Model, path: str) -> None:
-        """Raises `ValueError` naming `path` when a given teacher does not fit the data."""
+        """Raises `ValueError` naming `path` when a given teacher does not fit the data.
+
+        Default: its input and output shapes must be those of the teacher `build` makes.
+        """
+        expected = self.build("teacher", "expected_teacher")
+        got = (teacher.input_shape, teacher.output_shape)
+        if got != (expected.input_shape, expected.output_shape):
+            raise ValueError(
+                f"Expected a teacher taking {expected.input_shape} and giving "
+                f"{expected.output_shape}, as this task's data needs. Received: teacher={path} "
+                f"taking {teacher.input_shape} and giving {teacher.output_shape}."
+            )
 
     @abc.abstractmethod
     def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
@@ -196,9 +213,31 @@ class Task(abc.ABC):
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         """A compiled `Distiller` (or subclass) with the task's KD terms, and its data."""
 
-    @abc.abstractmethod
     def students(self) -> list[Student]:
-        """The students to train, in order; the scratch baseline first, one that `ships`."""
+        """The students to train, in order; the scratch baseline first, one that `ships`.
+
+        Default: scratch, the distilled student that ships, then one student per method named
+        in `config.methods` (from `methods`).
+        """
+        seed = getattr(self.config, "seed", 0)
+        by_name = {method.name: method for method in self.methods}
+        return [
+            Student(
+                "scratch", "scratch", "student_scratch.keras", False, seed=seed, logged_as="scratch"
+            ),
+            Student(
+                "student",
+                "distilled",
+                "student.keras",
+                seed=seed,
+                ships=True,
+                logged_as="distilled",
+            ),
+            *(
+                Student.distilled_with(by_name[name], seed)
+                for name in getattr(self.config, "methods", ())
+            ),
+        ]
 
     def train_student(
         self, teacher: keras.Model, student: Student, stage: Stage, phases: Phases
@@ -264,9 +303,12 @@ class Task(abc.ABC):
         chosen = settings.sparsity if settings.sparsity > 0 and settings.prune_epochs > 0 else None
         return chosen, {}
 
-    @abc.abstractmethod
     def prune(self, student: keras.Model, sparsity: float) -> keras.Model:
-        """`student` wrapped for pruning to `sparsity` on the task's schedule."""
+        """`student` wrapped for pruning to `sparsity` on the task's schedule (default:
+        constant sparsity, the masks updated at every step, `kd_keras.compress.prune`)."""
+        from kd_keras import compress
+
+        return compress.prune(student, sparsity, frequency=1)
 
     @abc.abstractmethod
     def calibration_images(self) -> np.ndarray:
@@ -274,9 +316,9 @@ class Task(abc.ABC):
 
     # --- report and tracking ---
 
-    @abc.abstractmethod
     def input_example(self) -> np.ndarray:
-        """A few real inputs, kept with the registered model."""
+        """A few real inputs, kept with the registered model (default: two calibration ones)."""
+        return self.calibration_images()[:2]
 
     def pictures(self, folder: Path, models: Mapping[str, object]) -> dict[str, Path]:
         """Pictures of what the models predict, for MLflow (default: none).
@@ -290,4 +332,34 @@ class Task(abc.ABC):
         return {}
 
 
-__all__ = ["Phases", "Role", "Stage", "Student", "Task", "Training"]
+#: The cost columns every table shows after the task's metrics.
+COST_COLUMNS = (
+    ("params", "params", ","),
+    ("flops", "FLOPs", ","),
+    ("size_bytes", "size (bytes)", ","),
+    ("latency_ms", "LiteRT (ms)", ".4g"),
+    ("int8_bytes", "PTQ int8 (bytes)", ","),
+    ("int8_latency_ms", "PTQ int8 LiteRT (ms)", ".4g"),
+    ("train_seconds", "train (s)", ".1f"),
+)
+
+
+def table_columns(
+    metric_keys: Sequence[str], digits: int = 3, extra: Sequence[tuple[str, str, str]] = ()
+) -> tuple[tuple[str, str, str], ...]:
+    """The table of a task: the model, its metrics (`digits` decimals), then `COST_COLUMNS`
+    and any `extra` `(key, heading, format)` columns."""
+    metrics = tuple((key, key, f".{digits}f") for key in metric_keys)
+    return (("model", "model", ""), *metrics, *COST_COLUMNS, *extra)
+
+
+__all__ = [
+    "COST_COLUMNS",
+    "Phases",
+    "Role",
+    "Stage",
+    "Student",
+    "Task",
+    "Training",
+    "table_columns",
+]

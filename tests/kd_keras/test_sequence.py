@@ -1,0 +1,196 @@
+"""The whole stage sequence on a toy task written in six methods: order, reuse, phases, seed
+means and export rows, in seconds."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+from pydantic import Field
+
+from kd_keras import LogitsDistillation, export
+from kd_keras.config import from_dict
+from kd_keras.distiller import Distiller
+from kd_keras.methods import Method
+from kd_keras.pipeline import Student, Task, Training, prepare, run_pipeline
+from kd_keras.settings import CompressSettings, DistillSettings, ModelSettings, RunConfig
+
+
+class ToyConfig(RunConfig):
+    seed: int = Field(0, ge=0)
+    methods: tuple[str, ...] = ()
+    teacher_model: ModelSettings = ModelSettings(width=2.0)
+    student_model: ModelSettings = ModelSettings(width=0.5)
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings(
+        sparsity=0.5, prune_epochs=1, qat_epochs=1, calibration_images=16
+    )
+
+
+def _train_twice(task, teacher, student, stage, phases):
+    """A method in two phases: a warm-up at half the learning rate, then the stage itself."""
+    model = task.build("student", student.stage, student)
+    warmup = stage.phase("warmup", 1)
+    phases.fit(model, task.distilled(teacher, model, warmup), warmup)
+    phases.fit(model, task.distilled(teacher, model, stage), stage)
+    phases.note(phases=2)
+    return model
+
+
+TWO_PHASE = Method("two_phase", "two phases", _train_twice)
+
+
+class ToyTask(Task):
+    """Four-feature, three-class data; a dense network whose width the config sets."""
+
+    name, headline, metric_keys = "toy", "accuracy", ("accuracy",)
+    methods = (TWO_PHASE,)
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        rng = np.random.default_rng(0)
+        self.x = rng.normal(size=(96, 4)).astype(np.float32)
+        self.y = np.argmax(self.x[:, :3] + 0.3 * self.x[:, 3:], axis=1)
+
+    def build(self, role, name, student=None):
+        width = (
+            self.config.teacher_model if role == "teacher" else self.config.student_model
+        ).width
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(int(8 * width), activation="relu", name="hidden")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(3, name="logits")(hidden), name=name)
+
+    def plain(self, model, stage):
+        model.compile(keras.optimizers.Adam(0.05), _loss(), ["accuracy"])
+        return Training(model, self._data(stage.seed))
+
+    def distilled(self, teacher, student, stage):
+        distiller = Distiller(teacher, student, LogitsDistillation(temperature=2.0), 0.5, 0.5)
+        distiller.compile(keras.optimizers.Adam(0.05), _loss(), ["accuracy"])
+        return Training(distiller, self._data(stage.seed))
+
+    def evaluate(self, model):
+        predicted = np.argmax(model.predict(self.x, verbose=0), axis=1)
+        return {"accuracy": float(np.mean(predicted == self.y))}
+
+    def evaluate_tflite(self, path):
+        return {"accuracy": export.evaluate_tflite(path, self.x, self.y)}
+
+    def calibration_images(self):
+        return self.x[: self.config.compress.calibration_images]
+
+    def _data(self, seed):
+        data = tf.data.Dataset.from_tensor_slices((self.x, self.y))
+        return data.shuffle(96, seed=seed).batch(16)
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+class SeededToyTask(ToyTask):
+    """The default students, and the same two once more from seed 7 (counted in the means)."""
+
+    def students(self):
+        first = super().students()
+        again = [
+            Student(
+                f"{s.stage}_seed7", s.label, f"seed7/{s.file}", s.distilled, seed=7, tabled=False
+            )
+            for s in first
+        ]
+        return [*first, *again]
+
+
+def _config(tmp_path, **values):
+    base = {"output_dir": str(tmp_path), "epochs": 2, "teacher_epochs": 2, "latency_runs": 2}
+    return from_dict(
+        ToyConfig, {**base, "int8_costs": False, "tracking": {"enabled": False}, **values}
+    )
+
+
+def _run(task_class, config) -> dict:
+    return run_pipeline(prepare(task_class, config))
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("toy")
+    config = _config(output, methods=["two_phase"])
+    return config, _run(ToyTask, config)
+
+
+def test_stages_run_in_order_and_the_rows_follow_them(toy_run):
+    config, report = toy_run
+    state = json.loads((Path(config.output_dir) / "run_state.json").read_text())
+    assert [stage["stage"] for stage in state["stages"]] == [
+        "teacher",
+        "scratch",
+        "student",
+        "student_two_phase_warmup",
+        "student_two_phase",
+        "pruned",
+        "qat",
+    ]
+    assert [row["model"] for row in report["rows"]] == [
+        "teacher",
+        "student (scratch)",
+        "student (distilled)",
+        "student (distilled, two phases)",
+        "student (pruned 50%, QAT)",
+        "student (int8 TFLite, LiteRT)",
+    ]
+    assert report["student_details"] == {"distilled, two phases": {"phases": 2}}
+    assert report["reused_stages"] == []
+
+
+def test_the_exported_row_runs_in_litert_and_matches_its_keras_model(toy_run):
+    _, report = toy_run
+    keras_row, litert_row = report["rows"][-2:]
+    assert litert_row["runtime"] == "litert" and keras_row["runtime"] == "keras"
+    assert abs(litert_row["accuracy"] - keras_row["accuracy"]) <= 0.05
+    assert 0 < litert_row["size_bytes"] < 4096  # int8 weights of a 4-4-3 network
+    assert report["compression"]["export"]["mode"] == "int8"
+    assert report["compression"]["prune_sparsity"] == pytest.approx(0.5, abs=0.1)
+    assert report["rows"][0]["accuracy"] >= 0.6  # the teacher learned the toy rule
+
+
+def test_a_rerun_reuses_every_stage_and_reports_the_same(toy_run):
+    config, report = toy_run
+    again = _run(ToyTask, config)
+    assert again["reused_stages"] == [
+        "teacher",
+        "scratch",
+        "student",
+        "student_two_phase_warmup",
+        "student_two_phase",
+        "pruned",
+        "qat",
+    ]
+    for first, second in zip(report["rows"], again["rows"]):
+        assert first["model"] == second["model"]
+        assert first["accuracy"] == second["accuracy"]
+
+
+def test_students_of_other_seeds_count_in_the_means_only(tmp_path):
+    config = _config(tmp_path, compress={"sparsity": 0.0, "qat_epochs": 0, "export": None})
+    report = _run(SeededToyTask, config)
+    assert [row["model"] for row in report["rows"]] == [
+        "teacher",
+        "student (scratch)",
+        "student (distilled)",
+    ]
+    runs = report["seed_runs"]
+    assert [(run["model"], run["seed"]) for run in runs] == [
+        ("student (scratch)", 0),
+        ("student (distilled)", 0),
+        ("student (scratch)", 7),
+        ("student (distilled)", 7),
+    ]
+    for row in report["rows"][1:]:
+        values = [run["accuracy"] for run in runs if run["model"] == row["model"]]
+        assert row["seeds"] == 2
+        assert row["accuracy"] == pytest.approx(np.mean(values))
+        assert row["accuracy_std"] == pytest.approx(np.std(values))
