@@ -32,7 +32,7 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
 
     from detection.centernet import CenterNetDistiller, CenterNetLoss, build_centernet
     from detection.data import detection_dataset
-    from detection.task import load_data
+    from detection.task import detection_kd_terms, load_data
 
     train, _, _ = load_data(config)
     size = (config.image_size, config.image_size)
@@ -71,7 +71,7 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
         losses, weights = CenterNetLoss().per_head_losses()
         model.compile(keras.optimizers.Adam(1e-3), losses, loss_weights=weights)
         steps[name] = images_per_second(lambda d, m=model: m.fit(d, verbose=0))
-    terms, weights = config.distill.terms(1000)
+    terms, weights = detection_kd_terms(config.distill, 1000)
     distiller = CenterNetDistiller(teacher, build("student_kd", config.student_model),
                                           terms, weights)  # fmt: skip
     distiller.compile(keras.optimizers.Adam(1e-3))

@@ -70,10 +70,9 @@ class CompressSettings(shared.CompressSettings):
     schedule during `prune_epochs` epochs of distillation from the teacher; `qat_epochs` of
     quantization-aware distillation follow (sparsity-preserving after pruning; 0 = none).
     `keep_dense` names layers left unpruned: by default the first conv, whose few weights
-    (3·3·channels per filter) carry most of the accuracy lost when pruning it. `int8_io` makes
-    an int8 file take and return int8 tensors. With `lowrank`, the factored student recovers
-    with a cross-entropy hint on `features` (knowledge pre-regression) of `lowrank_hint_weight`
-    beside the logits KD.
+    (3·3·channels per filter) carry most of the accuracy lost when pruning it. With `lowrank`,
+    the factored student recovers with a cross-entropy hint on `features` (knowledge
+    pre-regression) of `lowrank_hint_weight` beside the logits KD.
     """
 
     sparsity: float | Literal["auto"] = 0.5
@@ -84,7 +83,6 @@ class CompressSettings(shared.CompressSettings):
     keep_dense: tuple[str, ...] = ("stage1_block1_conv",)
     candidates: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     max_drop: float | None = Field(None, ge=0)
-    int8_io: bool = False
     lowrank_hint_weight: float = Field(1.0, ge=0)
 
     @pydantic.model_validator(mode="after")
@@ -99,11 +97,6 @@ class CompressSettings(shared.CompressSettings):
             "to hold at least two sparsities in (0, 1)",
             self.candidates,
         )
-        if self.int8_io and self.export != "int8":
-            raise config_lib.ConfigError(
-                "compress.int8_io=true needs export=int8. "
-                f"Received: int8_io=True, export={self.export!r}."
-            )
         return self
 
 

@@ -168,16 +168,17 @@ class ClassificationTask(Task):
             x, y, self.config.batch_size, self.config.seed, augmentation
         )
 
-    def plain(self, model: keras.Model, stage: Stage) -> Training:
-        self._compile(model, stage.learning_rate)
-        if stage.role is Role.TEACHER:  # the teacher learns every class
-            return Training(model, self._labelled(self.train.x, self.train.y))
-        return Training(model, self._labelled(self.x_train, self.y_train))
+    def data(self, stage: Stage):
+        """Shuffled batches; the teacher learns every class, compression sees no augmentation."""
+        if stage.role is Role.TEACHER:
+            return self._labelled(self.train.x, self.train.y), None
+        return self._labelled(self.x_train, self.y_train, augment=not stage.compressing), None
 
-    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+    def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
+        """Hinton soft targets (on the subset's classes with `classes`), plus a FitNet hint on
+        `features` when `hint_weight > 0`, or a cross-entropy one while a factored student
+        recovers (knowledge pre-regression)."""
         config, settings = self.config, self.config.distill
-        if stage.method == OKDDIP:
-            return self._online(student, stage)
         steps = stage.epochs * int(np.ceil(len(self.x_train) / config.batch_size))
         terms = [
             LogitsDistillation(
@@ -190,7 +191,7 @@ class ClassificationTask(Task):
         ]
         weights = [settings.logits_weight]
         hint_weight, hint_loss = settings.hint_weight, settings.hint_loss
-        if stage.role is Role.LOWRANK:  # knowledge pre-regression of the factored student
+        if stage.role is Role.LOWRANK:
             hint_weight, hint_loss = config.compress.lowrank_hint_weight, "cross_entropy"
         if hint_weight > 0:
             student_layer = compress.wrapped_layer_name(student, "features")
@@ -198,6 +199,17 @@ class ClassificationTask(Task):
                 FeatureDistillation("features", student_layer, loss=hint_loss, name="hint")
             )
             weights.append(hint_weight)
+        return terms, weights
+
+    def plain(self, model: keras.Model, stage: Stage) -> Training:
+        self._compile(model, stage.learning_rate)
+        return Training(model, self.data(stage)[0])
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        config, settings = self.config, self.config.distill
+        if stage.method == OKDDIP:
+            return self._online(student, stage)
+        terms, weights = self.kd_terms(stage, student)
         if config.offline:
             cache = offline.compute_teacher_outputs(teacher, self.x_train)
             cache_dir = Path(config.output_dir) / "teacher_cache"
@@ -225,10 +237,10 @@ class ClassificationTask(Task):
                 steps=settings.adversarial_steps,
                 adversarial_weight=settings.adversarial_weight,
             )
-            data = self._labelled(self.x_train, self.y_train, augment=not stage.compressing)
+            data, _ = self.data(stage)
         else:
             distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
-            data = self._labelled(self.x_train, self.y_train, augment=not stage.compressing)
+            data, _ = self.data(stage)
         self._compile(distiller, stage.learning_rate)
         return Training(distiller, data)
 

@@ -11,7 +11,6 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from detection.centernet.centernet_distiller import centernet_distillation_terms
 from kd_keras import config as config_lib
 from kd_keras import settings as shared
 
@@ -35,33 +34,6 @@ class DistillSettings(shared.DistillSettings):
     box_region: Literal["gaussian", "centres"] = "gaussian"
     hint_weight: float = Field(0.5, ge=0)
     hint_object_weight: float = 1.0
-
-    def terms(self, total_steps: int, student_layer_name=None, only: str | None = None):
-        """The KD terms and weights; `only` trains one component (`heatmap`, `box` or `hint`)."""
-        weights = {
-            "heatmap_weight": self.heatmap_weight,
-            "size_weight": self.size_weight,
-            "offset_weight": self.offset_weight,
-            "hint_weight": self.hint_weight,
-        }
-        if only is not None:
-            # One component alone, at its configured weight or, when it is off, a standard one.
-            keep = {"heatmap": ("heatmap_weight",), "box": ("size_weight", "offset_weight")}
-            keep["hint"] = ("hint_weight",)
-            standard = {"heatmap_weight": 0.005, "size_weight": 0.1, "offset_weight": 1.0}
-            standard["hint_weight"] = 0.5
-            weights = {
-                k: ((v or standard[k]) if k in keep[only] else 0.0) for k, v in weights.items()
-            }
-        return centernet_distillation_terms(
-            temperature=self.temperature_schedule(total_steps),
-            positive_retaining=self.positive_retaining,
-            core_threshold=self.core_threshold,
-            box_region=self.box_region,
-            hint_object_weight=self.hint_object_weight,
-            student_layer_name=student_layer_name,
-            **weights,
-        )
 
 
 class CompressSettings(shared.CompressSettings):

@@ -17,6 +17,7 @@ import tf_keras as keras
 from detection.centernet import CenterNetLoss, build_centernet
 from detection.centernet.centernet_distiller import (
     CenterNetDistiller,
+    centernet_distillation_terms,
 )
 from detection.data import (
     CocoDataset,
@@ -71,6 +72,32 @@ def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDatase
     order = np.random.default_rng(seed).permutation(len(dataset.records))
     count = max(1, int(round(len(order) * fraction)))
     return dataset.select(sorted(order[count:])), dataset.select(sorted(order[:count]))
+
+
+def detection_kd_terms(settings, total_steps: int, student_layer_name=None, only=None):
+    """The KD terms and weights of `settings` (`distill.*`); `only` keeps one component
+    (`heatmap`, `box` or `hint`), at its configured weight or, when that is off, a standard one."""
+    weights = {
+        "heatmap_weight": settings.heatmap_weight,
+        "size_weight": settings.size_weight,
+        "offset_weight": settings.offset_weight,
+        "hint_weight": settings.hint_weight,
+    }
+    if only is not None:
+        keep = {"heatmap": ("heatmap_weight",), "box": ("size_weight", "offset_weight")}
+        keep["hint"] = ("hint_weight",)
+        standard = {"heatmap_weight": 0.005, "size_weight": 0.1, "offset_weight": 1.0}
+        standard["hint_weight"] = 0.5
+        weights = {k: ((v or standard[k]) if k in keep[only] else 0.0) for k, v in weights.items()}
+    return centernet_distillation_terms(
+        temperature=settings.temperature_schedule(total_steps),
+        positive_retaining=settings.positive_retaining,
+        core_threshold=settings.core_threshold,
+        box_region=settings.box_region,
+        hint_object_weight=settings.hint_object_weight,
+        student_layer_name=student_layer_name,
+        **weights,
+    )
 
 
 class DetectionTask(Task):
@@ -193,9 +220,8 @@ class DetectionTask(Task):
         model.compile(optimizer, losses, loss_weights=weights)
         return Training(model, self._data())
 
-    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
-        """Decaying learning rate for the students, constant while compressing."""
-        settings = self.config.distill
+    def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
+        """Heatmap, box and hint KD (`distill.*`); an ablation student keeps one part."""
         rename = None
         if compress.is_pruned(student) or compress.is_quantize_aware(student):
 
@@ -203,7 +229,15 @@ class DetectionTask(Task):
                 return compress.wrapped_layer_name(student, name)
 
         steps = stage.epochs * self.steps_per_epoch
-        terms, weights = settings.terms(steps, rename, stage.variant)
+        return detection_kd_terms(self.config.distill, steps, rename, stage.variant)
+
+    def data(self, stage: Stage):
+        return self._data(), None
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        """Decaying learning rate for the students, constant while compressing."""
+        settings = self.config.distill
+        terms, weights = self.kd_terms(stage, student)
         distiller = CenterNetDistiller(
             teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
         )

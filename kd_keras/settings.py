@@ -58,7 +58,8 @@ class CompressSettings(ConfigModel):
 
     `prune_epochs` and `qat_epochs` are the fine-tuning budgets (`qat_epochs: 0` exports with
     post-training int8 instead); `calibration_images` training images set the int8 ranges.
-    `export` writes `student_<mode>.tflite`, measured in LiteRT (`null`: no file).
+    `export` writes `student_<mode>.tflite`, measured in LiteRT (`null`: no file); `int8_io`
+    makes an int8 file take and return int8 tensors.
     `lowrank > 0` first factors every k×k conv into a k×1 and a 1×k conv of rank
     `lowrank · channels` (`kd_keras.compress.decompose`, exact SVD start; only where it saves
     parameters), then recovers for `lowrank_epochs` while distilling.
@@ -72,9 +73,15 @@ class CompressSettings(ConfigModel):
     learning_rate: float = Field(0.0005, gt=0)
     calibration_images: int = Field(64, ge=1)
     export: ExportMode | None = "int8"
+    int8_io: bool = False
 
     @pydantic.model_validator(mode="after")
     def _check_export(self):
+        if self.int8_io and self.export != "int8":
+            raise ConfigError(
+                "compress.int8_io=true needs export=int8. "
+                f"Received: int8_io=True, export={self.export!r}."
+            )
         if self.qat_epochs > 0 and self.export not in ("int8", None):
             raise ConfigError(
                 "compress.qat_epochs > 0 trains the student for int8 inference, so it exports as "
@@ -125,7 +132,9 @@ class TrackingSettings(ConfigModel):
 
 
 class RunConfig(ConfigModel):
-    """The keys `kd_keras.pipeline.run_pipeline` reads, the same in every recipe's config.
+    """The keys `kd_keras.pipeline.run_pipeline` reads, the same in every recipe's config
+    (each task's config also has `seed`, or `seeds` and the first as `seed`; its `distill` and
+    `compress` sections extend the shared ones).
 
     `teacher` is a saved `.keras` teacher (`null`: train one for `teacher_epochs`); every
     student trains for `epochs` at `learning_rate`. A rerun in `output_dir` reuses the finished
@@ -147,6 +156,8 @@ class RunConfig(ConfigModel):
     output_dir: str = "runs/kd"
     restart: bool = False
     strategy: Literal["none", "mirrored", "multiworker"] = "none"
+    distill: DistillSettings = DistillSettings()
+    compress: CompressSettings = CompressSettings()
     worker_timeout: float = Field(120.0, gt=0)
     tracking: TrackingSettings = TrackingSettings()
 

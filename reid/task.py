@@ -166,28 +166,37 @@ class ReIDTask(Task):
         model.compile(self._optimizer(stage), loss=losses)
         return Training(model, self._data(stage), self._steps(stage))
 
-    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
-        """Logits KD (+ embedding KD), finding layers by name in possibly wrapped models."""
-        config, settings = self.config, self.config.distill
+    def data(self, stage: Stage):
+        return self._data(stage), self._steps(stage)
+
+    def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
+        """Logits KD at the student's temperature (1 while compressing), plus embedding KD;
+        the student's layers are found by name in a possibly wrapped (pruned, QAT) model."""
+        settings = self.config.distill
         temperature = 1.0 if stage.compressing else stage.variant
 
-        def name(model, layer):
-            return compress.wrapped_layer_name(model, layer)
+        def name(layer):
+            return compress.wrapped_layer_name(student, layer)
 
         terms = [
             LogitsDistillation(
                 temperature=temperature,
-                teacher_layer=name(teacher, "logits"),
-                student_layer=name(student, "logits"),
+                teacher_layer="logits",
+                student_layer=name("logits"),
                 name="logits_kd",
             )
         ]
         weights = [settings.logits_weight]
         if settings.embedding_kd != "none" and settings.embedding_weight > 0:
             term = {"similarity": SimilarityDistillation, "projection": ProjectionDistillation}
-            layers = name(teacher, "embedding"), name(student, "embedding")
+            layers = "embedding", name("embedding")
             terms.append(term[settings.embedding_kd](*layers, name="embedding_kd"))
             weights.append(settings.embedding_weight)
+        return terms, weights
+
+    def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
+        config, settings = self.config, self.config.distill
+        terms, weights = self.kd_terms(stage, student)
         distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
         distiller.compile(
             self._optimizer(stage), loss=ReIDLoss(config.label_smoothing, config.margin)

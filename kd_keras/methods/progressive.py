@@ -95,15 +95,17 @@ def train_progressive(
 
     Phases: `<stage>_block<i>` for each block, then `<stage>`.
     """
+    from kd_keras.pipeline.task import Training  # the pipeline imports this package first
+
     settings = task.config.progressive
     stage = dataclasses.replace(stage, method=None)  # each phase: the task's usual KD
     model = task.build("student", Path(student.file).stem, student)
     boundaries = task.block_boundaries(teacher, model)
     for index, distiller in enumerate(block_distillers(teacher, model, boundaries)):
         block = stage.phase(f"block{index + 1}", settings.block_epochs)
-        training = task.distilled(teacher, model, block)
+        data, steps = task.data(block)
         distiller.compile(keras.optimizers.Adam(stage.learning_rate))
-        phases.fit(model, dataclasses.replace(training, model=distiller), block)
+        phases.fit(model, Training(distiller, data, steps), block)
     phases.fit(model, task.distilled(teacher, model, stage), stage)
     phases.note(blocks=[list(pair) for pair in boundaries])
     return model

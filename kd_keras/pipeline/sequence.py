@@ -361,7 +361,7 @@ class _Run:
             mode,
             # Calibration images go through the training preprocessing (no augmentation).
             representative_data=self.calibration_images() if calibrate else None,
-            int8_io=getattr(self.config.compress, "int8_io", False),
+            int8_io=self.config.compress.int8_io,
             path=path,
         )
         details["export"] = {
@@ -465,8 +465,16 @@ class _Run:
                 "preprocessing": "same as training, no augmentation",
                 "quantize_aware": bool(report["compression"]["qat"]),
             }
-        stage = _student_stage(spec, config)
-        distiller = task.distilled(teacher, student, stage).model
+        params = {}
+        try:
+            terms, weights = task.kd_terms(_student_stage(spec, config), student)
+        except NotImplementedError:
+            pass  # a task that does not list its terms: the run is recorded without them
+        else:
+            weight = config.distill.student_loss_weight
+            params["distiller"] = tracking.describe_distillation(
+                teacher, student, terms, weights, weight
+            )
         models = {"teacher": teacher, "student": student, "tflite": tflite}
         try:
             pictures = task.pictures(self.output / "pictures", models)
@@ -482,7 +490,7 @@ class _Run:
             input_example=task.input_example(),
             calibration=calibration,
             tflite_metrics={key: value for key, value in metrics.items() if value is not None},
-            params={"distiller": tracking.describe_distiller(distiller)},
+            params=params,
             headline=task.headline,
             images=pictures,
         )

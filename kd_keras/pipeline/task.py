@@ -213,6 +213,17 @@ class Task(abc.ABC):
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         """A compiled `Distiller` (or subclass) with the task's KD terms, and its data."""
 
+    def data(self, stage: Stage):
+        """`(dataset, steps_per_epoch)` the stage trains on (`None` steps: the whole dataset),
+        for trainings the task does not compile itself (progressive blocks)."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its data alone.")
+
+    def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
+        """The KD terms and their weights of `stage` for `student`: the one place a task chooses
+        them. `distilled` uses them; the MLflow record describes them without building a model.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not list its KD terms.")
+
     def students(self) -> list[Student]:
         """The students to train, in order; the scratch baseline first, one that `ships`.
 

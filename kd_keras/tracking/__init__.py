@@ -12,7 +12,7 @@ from kd_keras.tracking._store import (
     flatten,
     resolve_tracking_uri,
 )
-from kd_keras.tracking.describe import describe_distiller, describe_model
+from kd_keras.tracking.describe import describe_distillation, describe_distiller, describe_model
 from kd_keras.tracking.pyfunc import save_tflite_model, tflite_signature
 from kd_keras.tracking.registry import (
     CHALLENGER,
@@ -36,6 +36,7 @@ __all__ = [
     "RunSession",
     "TrackingError",
     "TrackingWarning",
+    "describe_distillation",
     "describe_distiller",
     "describe_model",
     "flatten",

@@ -23,16 +23,35 @@ def describe_distiller(distiller) -> dict:
         >>> session.finish(config, report, params={"distiller": describe_distiller(distiller)})
         # params: distiller.student.params, distiller.terms.logits_kd.temperature.config.values...
     """
-    teacher = distiller.teacher
-    terms = {}
-    for term, weight in zip(distiller.distillation_losses, distiller.distillation_loss_weights):
+    return describe_distillation(
+        distiller.teacher,
+        distiller.student,
+        distiller.distillation_losses,
+        distiller.distillation_loss_weights,
+        distiller.student_loss_weight,
+    )
+
+
+def describe_distillation(teacher, student, terms, weights, student_loss_weight) -> dict:
+    """What `describe_distiller` says of a Distiller, from its parts (nothing is built).
+
+    `teacher` is `None` for offline KD; weights may be numbers or schedules.
+    """
+    from kd_keras import schedules
+
+    described = {}
+    for term, weight in zip(terms, weights):
         config = {k: v for k, v in term.get_config().items() if k not in _LAYER_KEYS}
-        terms[term.name] = {"class": type(term).__name__, **config, "weight": _schedule(weight)}
+        described[term.name] = {
+            "class": type(term).__name__,
+            **config,
+            "weight": _schedule(schedules.get(weight)),
+        }
     return {
         "teacher": "offline (cached outputs)" if teacher is None else describe_model(teacher),
-        "student": describe_model(distiller.student),
-        "student_loss_weight": _schedule(distiller.student_loss_weight),
-        "terms": terms,
+        "student": describe_model(student),
+        "student_loss_weight": _schedule(schedules.get(student_loss_weight)),
+        "terms": described,
     }
 
 
