@@ -90,7 +90,7 @@ def _summary(report: dict, table: list[dict], metric: str) -> str:
 
 
 def main() -> None:
-    from kd_keras.report import format_table
+    from kd_keras.pipeline.reporting import format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])  # none: skip (1)

@@ -37,7 +37,7 @@ def _run(overrides: dict, output: Path) -> dict:
 
 
 def main() -> None:
-    from kd_keras.report import format_table
+    from kd_keras.pipeline.reporting import format_table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=float, nargs="+", default=[0.25, 0.5, 0.75])

@@ -27,7 +27,7 @@ from classification.task import ClassificationTask
 from kd_keras import config as config_lib
 from kd_keras import export
 from kd_keras.pipeline import prepare, run_pipeline
-from kd_keras.report import format_table
+from kd_keras.pipeline.reporting import format_table
 
 TARGETS = {"speedup": 10.0, "shrink": 20.0, "relative_accuracy": 0.98, "agreement": 0.99}
 

@@ -27,7 +27,7 @@ from kd_keras import config as config_lib
 from kd_keras.export import tflite_latency, to_tflite
 from kd_keras.io import atomic_write_json
 from kd_keras.pipeline import prepare, run_pipeline
-from kd_keras.report import format_table
+from kd_keras.pipeline.reporting import format_table
 from reid.config import ReIDConfig
 from reid.evaluation import evaluate_ranking, pairwise_distances
 from reid.models import embedding_model

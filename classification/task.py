@@ -18,13 +18,13 @@ from classification import data as data_lib
 from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export
 from kd_keras.distiller import Distiller
-from kd_keras.fingerprint import file_listing
 from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
 from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accuracy
 from kd_keras.models import build_cnn_classifier, stage_outputs
 from kd_keras.models.graph import output_layer
 from kd_keras.models.inspect import final_activation
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
+from kd_keras.pipeline.fingerprint import file_listing
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
 #: A student with LMA activations, distilled like the shipped one.

@@ -12,7 +12,7 @@ import pydantic
 from pydantic import Field
 
 from kd_keras import config as config_lib
-from kd_keras import settings as shared
+from kd_keras.pipeline import settings as shared
 
 
 class DistillSettings(shared.DistillSettings):

@@ -31,9 +31,9 @@ from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
-from kd_keras.fingerprint import file_digest, file_listing
 from kd_keras.methods import BUDGET, PROGRESSIVE
 from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
+from kd_keras.pipeline.fingerprint import file_digest, file_listing
 
 ABLATION = ("heatmap", "box", "hint")
 

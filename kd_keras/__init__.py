@@ -12,11 +12,13 @@ Where things are, one hop from here:
     kd_keras.models       reference CNN, LMA activation, safe model loading, layer inspection
     kd_keras.images       the image reader every task uses (as displayed, 8 bits, any format)
     kd_keras.pipeline     the stage sequence (`run_pipeline`), the `Task` contract (stages,
-                          roles, students, methods), resumable stages
+                          roles, students, methods), and its own pieces: resumable stages,
+                          `run_state` and `fingerprint` (what an output folder holds, of what
+                          data), `divergence` (the NaN guard), `distribute` (strategies by
+                          name), `settings` (the config sections recipes share), `progress`
+                          (stage and epoch lines), `reporting` (tables)
     kd_keras.tracking     MLflow runs, the LiteRT pyfunc model, registry aliases, promotion
-    kd_keras.config, kd_keras.settings    typed YAML configs and the sections recipes share
-    kd_keras.run_state, kd_keras.fingerprint    what an output folder holds, and of what data
-    kd_keras.distribute   strategies by name (mirrored, multi-worker)
+    kd_keras.config       typed YAML configs: safe loading, overrides, errors naming the key
 """
 
 from kd_keras import losses, schedules

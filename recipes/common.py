@@ -17,7 +17,7 @@ from typing import TypeVar
 import yaml
 
 from kd_keras import config as config_lib
-from kd_keras.report import format_table
+from kd_keras.pipeline.reporting import format_table
 
 T = TypeVar("T")
 
@@ -118,7 +118,8 @@ def _yaml_scalar(value) -> str:
 def tracking_session(config, task: str):
     """The MLflow run shared by a recipe's trainings; `None` when `config.tracking.enabled` is off.
 
-    `config` needs `output_dir` and a `tracking` section (`kd_keras.settings.TrackingSettings`).
+    `config` needs `output_dir` and a `tracking` section
+    (`kd_keras.pipeline.settings.TrackingSettings`).
     """
     if not config.tracking.enabled:
         return None
@@ -139,7 +140,7 @@ def parse_and_run(parse_config, prepare, run, argv):
     their errors (bad values, bad files, bad data) are printed in one line. Once training has
     started only a diverged loss is reported that way: any other error is a fault to see in full.
     """
-    from kd_keras.training import TrainingDivergedError
+    from kd_keras.pipeline.divergence import TrainingDivergedError
 
     try:
         config = parse_config(argv)

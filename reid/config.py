@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from kd_keras import settings as shared
+from kd_keras.pipeline import settings as shared
 
 ScheduleName = Literal["linear", "cosine", "exponential", "step"]
 

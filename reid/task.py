@@ -20,8 +20,8 @@ import tf_keras as keras
 from kd_keras import compress
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
-from kd_keras.fingerprint import file_listing
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
+from kd_keras.pipeline.fingerprint import file_listing
 from kd_keras.terms import LogitsDistillation
 from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
 from reid.evaluation import evaluate_dataset, keras_embedder

@@ -17,9 +17,9 @@ import tf_keras as keras
 from kd_keras import config as config_lib
 from kd_keras.io import atomic_save_model, atomic_save_weights
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.divergence import StopOnNonFiniteLoss
 from kd_keras.pipeline.progress import EpochLog, log
-from kd_keras.run_state import RunState
-from kd_keras.training import StopOnNonFiniteLoss
+from kd_keras.pipeline.run_state import RunState
 
 
 def fit_resumable(

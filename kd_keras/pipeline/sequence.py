@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,12 @@ import yaml
 
 from kd_keras import compress
 from kd_keras import config as config_lib
-from kd_keras.distribute import make_strategy, worker_index
-from kd_keras.export import io_json_path, tflite_latency, tflite_size, to_tflite
+from kd_keras.export import io_json_path, tflite_latency, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
-from kd_keras.pipeline.progress import Heartbeat, format_metrics, log
+from kd_keras.pipeline.distribute import make_strategy, worker_index
+from kd_keras.pipeline.progress import Heartbeat, log
+from kd_keras.pipeline.reporting import Reporter, with_seed_means
 from kd_keras.pipeline.resumable import (
     fit_resumable,
     reuse_or_train,
@@ -37,9 +37,8 @@ from kd_keras.pipeline.resumable import (
     run_state,
     training_record,
 )
+from kd_keras.pipeline.run_state import RunState
 from kd_keras.pipeline.task import Role, Stage, Student, Task, Training
-from kd_keras.profile import profile_model
-from kd_keras.run_state import RunState
 
 # What each seeded step adds to its seed (`config.seed`, or a student's own `Student.seed`): every
 # stage is seeded on its own, so a resumed run seeds it as an uninterrupted run did.
@@ -112,6 +111,7 @@ class _Run:
         self.artifacts: dict[str, str] = {}
         self.student_details: dict[str, dict] = {}
         self._calibration: np.ndarray | None = None
+        self.reporter = Reporter(self.task, self.config, self.calibration_images, heartbeat)
 
     def run(self) -> dict:
         config, output = self.config, self.output
@@ -142,7 +142,9 @@ class _Run:
         }
         atomic_write_json(output / "report.json", report)
         if self.session is not None:
-            report["mlflow"] = self.record(report, teacher, spec, student)
+            report["mlflow"] = self.reporter.record(
+                self.session, report, self.artifacts, teacher, _student_stage(spec, config), student
+            )
             atomic_write_json(output / "report.json", report)
         return report
 
@@ -187,9 +189,9 @@ class _Run:
         tflite = self.output / "teacher_float32.tflite"
         to_tflite(task.deployable(teacher), "float32", path=tflite)
         self.artifacts["teacher_tflite"] = str(tflite)
-        row = self.keras_row("teacher", teacher, trained, task.evaluate_teacher(teacher))
+        row = self.reporter.keras_row("teacher", teacher, trained, task.evaluate_teacher(teacher))
         row["latency_ms"] = tflite_latency(tflite, runs=config.latency_runs)
-        row.update(self.int8_cost("teacher", teacher))
+        row.update(self.reporter.int8_cost("teacher", teacher))
         return teacher, row
 
     def students(self, teacher):
@@ -209,12 +211,12 @@ class _Run:
             path = self.output / spec.file
             model, trained = reuse_or_train(self.state, spec.stage, path, train)
             label = f"student ({spec.label})"
-            row = self.keras_row(label, model, trained, task.evaluate(model))
+            row = self.reporter.keras_row(label, model, trained, task.evaluate(model))
             runs.append({"seed": spec.seed, **row})
             if spec.tabled:
                 flatbuffer = to_tflite(task.deployable(model), "float32")
                 row["latency_ms"] = tflite_latency(flatbuffer, runs=config.latency_runs)
-                row.update(self.int8_cost(label, model))
+                row.update(self.reporter.int8_cost(label, model))
                 rows.append(row)
                 self.artifacts[Path(spec.file).stem] = str(path)
                 if "temperatures" in trained:
@@ -229,7 +231,7 @@ class _Run:
             raise ValueError(f"{type(task).__name__}.students() names no student that ships.")
         if len(runs) == len(rows):
             return rows, shipped, temperatures, []
-        return _with_seed_means(rows, runs, task.metric_keys), shipped, temperatures, runs
+        return with_seed_means(rows, runs, task.metric_keys), shipped, temperatures, runs
 
     def compress(self, teacher, student) -> tuple[list[dict], dict]:
         """Prune and/or QAT the shipped student while distilling, then export and measure it.
@@ -238,7 +240,7 @@ class _Run:
         pruned student is saved as `student_pruned.keras`, the QAT weights as
         `student_qat.weights.h5`; the `.tflite` is exported again on every run.
         """
-        config, task, settings = self.config, self.task, self.config.compress
+        task, settings = self.task, self.config.compress
         base = task.before_compression(student)
         rows, details = [], {"prune_sparsity": 0.0, "qat": False}
         mode = settings.export
@@ -247,7 +249,9 @@ class _Run:
             images = self.calibration_images()
             to_tflite(task.deployable(base), "int8", representative_data=images, path=path)
             self.artifacts["student_ptq_int8"] = str(path)
-            rows.append(self.tflite_row("student (int8 PTQ TFLite, LiteRT)", path, base, None))
+            rows.append(
+                self.reporter.tflite_row("student (int8 PTQ TFLite, LiteRT)", path, base, None)
+            )
         parts, seconds = [], 0.0
         if settings.lowrank > 0:
             base, trained, details["lowrank"] = self.lowrank(teacher, base)
@@ -258,19 +262,12 @@ class _Run:
         details.update(chosen)
         model = base
         if sparsity is not None:
-            stage = Stage(
-                "pruned",
-                Role.PRUNED,
-                settings.prune_epochs,
-                settings.learning_rate,
-                config.seed + SEED_OFFSETS["pruned"],
-            )
+            stage = self.compression_stage(Role.PRUNED, settings.prune_epochs)
 
             def prune():
                 with self.strategy.scope():
                     pruned = task.prune(base, sparsity)
-                    training = task.distilled(teacher, pruned, stage)
-                record = self.fit(training, stage, "pruned", [compress.UpdatePruningStep()])
+                record = self.distill_into(teacher, pruned, stage, [compress.UpdatePruningStep()])
                 return compress.strip(pruned), record
 
             path = self.output / "student_pruned.keras"
@@ -280,13 +277,7 @@ class _Run:
             details["prune_sparsity"] = round(details["sparsity"]["total"], 4)
             parts.append(f"pruned {sparsity:.0%}")
         if settings.qat_epochs > 0:
-            stage = Stage(
-                "qat",
-                Role.QAT,
-                settings.qat_epochs,
-                settings.learning_rate,
-                config.seed + SEED_OFFSETS["qat"],
-            )
+            stage = self.compression_stage(Role.QAT, settings.qat_epochs)
             with self.strategy.scope():
                 qat = compress.quantize_aware(
                     model,
@@ -294,20 +285,17 @@ class _Run:
                     calibration_data=_calibration_batches(self.calibration_images()),
                 )
 
-            def fine_tune() -> dict:
-                with self.strategy.scope():
-                    training = task.distilled(teacher, qat, stage)
-                return self.fit(training, stage, "qat")
-
             path = self.output / "student_qat.weights.h5"
-            trained = reuse_or_train_weights(self.state, "qat", qat, path, fine_tune)
+            trained = reuse_or_train_weights(
+                self.state, "qat", qat, path, lambda: self.distill_into(teacher, qat, stage)
+            )
             seconds += trained["seconds"]
             details.update(qat=True, qat_loss=trained["loss"])
             model = qat
             parts.append("QAT")
         details["seconds"] = round(seconds, 1)
         if parts:
-            row = self.keras_row(
+            row = self.reporter.keras_row(
                 f"student ({', '.join(parts)})", base, {"seconds": seconds}, task.evaluate(model)
             )
             row["sparsity"] = compress.kernel_sparsity(model)
@@ -325,28 +313,31 @@ class _Run:
         A stage: the recovered student is saved as `student_lowrank.keras`. Returns it, the
         stage's record and the per-layer ranks, parameters and kernel errors at decomposition.
         """
-        config, task, settings = self.config, self.task, self.config.compress
-        stage = Stage(
-            "lowrank",
-            Role.LOWRANK,
-            settings.lowrank_epochs,
-            settings.learning_rate,
-            config.seed + SEED_OFFSETS["lowrank"],
-        )
+        settings = self.config.compress
+        stage = self.compression_stage(Role.LOWRANK, settings.lowrank_epochs)
 
         def recover():
             with self.strategy.scope():
                 factored = compress.decompose(student, settings.lowrank)
             record = {"seconds": 0.0, "loss": None}
             if stage.epochs > 0:
-                with self.strategy.scope():
-                    training = task.distilled(teacher, factored, stage)
-                record = self.fit(training, stage, "lowrank")
+                record = self.distill_into(teacher, factored, stage)
             return factored, {**record, "report": compress.lowrank_report(student, factored)}
 
         path = self.output / "student_lowrank.keras"
         factored, trained = reuse_or_train(self.state, "lowrank", path, recover)
         return factored, trained, trained["report"]
+
+    def compression_stage(self, role: Role, epochs: int) -> Stage:
+        """The `role` stage (lowrank, pruned, qat): `compress.learning_rate`, its own seed."""
+        seed = self.config.seed + SEED_OFFSETS[role.value]
+        return Stage(role.value, role, epochs, self.config.compress.learning_rate, seed)
+
+    def distill_into(self, teacher, model: keras.Model, stage: Stage, callbacks=()) -> dict:
+        """Fits `model` for `stage` while distilling from `teacher`; the stage's record."""
+        with self.strategy.scope():
+            training = self.task.distilled(teacher, model, stage)
+        return self.fit(training, stage, stage.name, callbacks)
 
     def export(self, model, base, mode: str, seconds: float, details: dict) -> dict:
         """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""
@@ -371,135 +362,16 @@ class _Run:
         }
         self.artifacts["student_tflite"] = str(path)
         self.artifacts["student_tflite_io"] = str(io_json_path(path))
-        row = self.tflite_row(f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1))
+        row = self.reporter.tflite_row(
+            f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1)
+        )
         row["sparsity"] = compress.kernel_sparsity(model)
         return row
-
-    def int8_cost(self, label: str, model: keras.Model) -> dict:
-        """`int8_bytes` and `int8_latency_ms` (LiteRT) of `model` quantized after training.
-
-        Full-integer post-training quantization, calibrated on `calibration_images`: what the
-        row's network would weigh and cost on the robot without pruning or QAT. A network the
-        converter cannot quantize gets `None` and a warning naming it; the run goes on.
-        Nothing with `int8_costs: false`.
-        """
-        if not self.config.int8_costs:
-            return {}
-        self.heartbeat.what = f"quantizing {label} to int8"
-        try:
-            flatbuffer = to_tflite(
-                self.task.deployable(model),
-                "int8",
-                representative_data=self.calibration_images(),
-            )
-        except Exception as error:  # noqa: BLE001 - a cost column never costs the trained run
-            message = f"{label}: no int8 size or latency, the conversion failed: {error}"
-            warnings.warn(message, stacklevel=2)
-            return {"int8_bytes": None, "int8_latency_ms": None}
-        return {
-            "int8_bytes": len(flatbuffer),
-            "int8_latency_ms": tflite_latency(flatbuffer, runs=self.config.latency_runs),
-        }
 
     def calibration_images(self) -> np.ndarray:
         if self._calibration is None:
             self._calibration = self.task.calibration_images()
         return self._calibration
-
-    # --- rows and record ---
-
-    def keras_row(self, label: str, model, trained: dict | None, metrics: dict) -> dict:
-        """A table row: `metrics`, and the cost of the float `model` (what it ships as)."""
-        profile = profile_model(self.task.deployable(model))
-        trained = trained or {}
-        log.info("%s: %s", label, _metrics_text(metrics))
-        return {
-            "model": label,
-            **metrics,
-            "params": profile.params,
-            "flops": profile.flops,
-            "size_bytes": profile.size_bytes,
-            "train_seconds": trained.get("seconds"),
-            "train_loss": trained.get("loss"),
-            "runtime": "keras",
-        }
-
-    def tflite_row(self, label: str, path: Path, base, seconds: float | None) -> dict:
-        """A `.tflite` file's row: LiteRT metrics, file size and latency; `base`'s params."""
-        profile = profile_model(self.task.deployable(base))
-        size = tflite_size(path)
-        self.heartbeat.what = f"evaluating {path.name} in LiteRT"
-        metrics = self.task.evaluate_tflite(path)
-        log.info("%s: %s", label, _metrics_text(metrics))
-        return {
-            "model": label,
-            **metrics,
-            "params": profile.params,
-            "flops": profile.flops,
-            "size_bytes": size["bytes"],
-            "gzip_bytes": size["gzip_bytes"],
-            "latency_ms": tflite_latency(path, runs=self.config.latency_runs),
-            "train_seconds": seconds,
-            "runtime": "litert",
-        }
-
-    def record(self, report: dict, teacher, spec: Student, student) -> dict:
-        """Logs the finished run, registers the shipped `.tflite`; never raises on store errors."""
-        from kd_keras import tracking
-
-        config, task = self.config, self.task
-        self.heartbeat.what = "recording the run in MLflow"
-        log.info("recording the run in MLflow")
-        tflite = self.artifacts.get("student_tflite")
-        shipped_row = report["rows"][-1] if tflite else {}
-        exported = report["compression"].get("export") or {}
-        metrics = {key: shipped_row.get(key) for key in (*task.metric_keys, "latency_ms")}
-        if exported.get("parity"):
-            metrics["parity"] = task.parity_metric(exported["parity"])
-        calibration = None
-        if exported.get("mode") == "int8":
-            calibration = {
-                "dataset": report["data"],
-                "split": task.calibration_split,
-                "examples": int(len(self.calibration_images())),
-                "preprocessing": "same as training, no augmentation",
-                "quantize_aware": bool(report["compression"]["qat"]),
-            }
-        params = {}
-        try:
-            terms, weights = task.kd_terms(_student_stage(spec, config), student)
-        except NotImplementedError:
-            pass  # a task that does not list its terms: the run is recorded without them
-        else:
-            weight = config.distill.student_loss_weight
-            params["distiller"] = tracking.describe_distillation(
-                teacher, student, terms, weights, weight
-            )
-        models = {"teacher": teacher, "student": student, "tflite": tflite}
-        try:
-            pictures = task.pictures(self.output / "pictures", models)
-        except Exception as error:  # noqa: BLE001 - a picture never costs the run
-            warnings.warn(f"Pictures not drawn: {error}", stacklevel=2)
-            pictures = {}
-        record = self.session.finish(
-            config_lib.to_dict(config),
-            {key: value for key, value in report.items() if key != "seed_runs"},
-            {**self.artifacts, "config": self.output / "config.yaml"},
-            tflite_path=tflite,
-            register_as=config.tracking.register_as if tflite else None,
-            input_example=task.input_example(),
-            calibration=calibration,
-            tflite_metrics={key: value for key, value in metrics.items() if value is not None},
-            params=params,
-            headline=task.headline,
-            images=pictures,
-        )
-        return {
-            "tracking_uri": record.tracking_uri,
-            "run_id": record.run_id,
-            "model_uri": record.model_uri,
-            "complete": record.complete,
-        }
 
 
 class _Phases:
@@ -533,26 +405,6 @@ class _Phases:
             )
         details = {"details": self.details} if self.details else {}
         return {**self.last, "seconds": round(self.seconds, 1), **details}
-
-
-def _with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
-    """Student rows get the mean and standard deviation of `keys` over their seeds."""
-    result = []
-    for row in rows:
-        seeds = [run for run in runs if run["model"] == row["model"]]
-        if len(seeds) > 1:
-            row = dict(row)
-            for key in keys:
-                values = np.array([run[key] for run in seeds], dtype=float)
-                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
-            row["seeds"] = len(seeds)
-        result.append(row)
-    return result
-
-
-def _metrics_text(metrics: dict) -> str:
-    numbers = {key: value for key, value in metrics.items() if isinstance(value, int | float)}
-    return format_metrics(numbers) if numbers else "measured"
 
 
 def _student_stage(spec: Student, config) -> Stage:

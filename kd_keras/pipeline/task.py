@@ -139,7 +139,7 @@ class Task(abc.ABC):
     """The task-specific half of a recipe; the config is the recipe's, validated.
 
     The config must have the shared keys read by `run_pipeline` (those of
-    `kd_keras.settings.RunConfig`, plus `seed`, `distill` and `compress`). A task loads and
+    `kd_keras.pipeline.settings.RunConfig`, plus `seed`, `distill` and `compress`). A task loads and
     checks its data when it is built, so every data error is raised before training.
     """
 
@@ -178,7 +178,7 @@ class Task(abc.ABC):
         return {}
 
     def data_fingerprint(self) -> dict:
-        """What the data is, for reruns (`kd_keras.fingerprint`): annotation digests, image
+        """What the data is, for reruns (`kd_keras.pipeline.fingerprint`): annotation digests, image
         listings, built-in generator settings. A rerun with another fingerprint is refused."""
         return {}
 

@@ -31,7 +31,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
-from kd_keras.report import format_table
+from kd_keras.pipeline.reporting import format_table
 from kd_keras.tracking import _store
 
 CHAMPION = "champion"

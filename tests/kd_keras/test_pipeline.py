@@ -1,7 +1,7 @@
 import numpy as np
 
 from kd_keras.pipeline import reuse_or_train_weights
-from kd_keras.run_state import RunState
+from kd_keras.pipeline.run_state import RunState
 from tests.helpers import tiny_classifier
 
 

@@ -9,7 +9,7 @@ import tf_keras as keras
 
 from kd_keras.pipeline import fit_resumable, reuse_or_train, training_record
 from kd_keras.pipeline.progress import EpochLog, Heartbeat
-from kd_keras.run_state import RunState
+from kd_keras.pipeline.run_state import RunState
 from recipes.common import configure_logging
 from tests.helpers import tiny_classifier, tiny_data
 

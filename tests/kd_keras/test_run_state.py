@@ -3,7 +3,7 @@ import json
 import pytest
 
 from kd_keras.config import ConfigError
-from kd_keras.run_state import RunState
+from kd_keras.pipeline.run_state import RunState
 
 CONFIG = {"epochs": 3, "model": {"width": 0.5}, "output_dir": "a", "track": True}
 

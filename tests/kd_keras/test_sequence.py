@@ -15,7 +15,7 @@ from kd_keras.config import from_dict
 from kd_keras.distiller import Distiller
 from kd_keras.methods import Method
 from kd_keras.pipeline import Student, Task, Training, prepare, run_pipeline
-from kd_keras.settings import CompressSettings, DistillSettings, ModelSettings, RunConfig
+from kd_keras.pipeline.settings import CompressSettings, DistillSettings, ModelSettings, RunConfig
 
 
 class ToyConfig(RunConfig):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_keras.distribute import cluster_spec
+from kd_keras.pipeline.distribute import cluster_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [

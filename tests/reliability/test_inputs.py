@@ -10,7 +10,7 @@ import tf_keras as keras
 from kd_keras import config as config_lib
 from kd_keras.models import ModelFileError, load_model_file
 from kd_keras.pipeline import fit_resumable
-from kd_keras.training import TrainingDivergedError
+from kd_keras.pipeline.divergence import TrainingDivergedError
 from recipes import classify, detect
 from recipes.common import parse_and_run
 from tests.helpers import tiny_classifier

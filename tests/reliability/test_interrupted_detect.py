@@ -150,7 +150,7 @@ def test_rerun_with_a_changed_model_config_is_refused_before_training(tmp_path, 
     base += ["--set", "batch_size=2", "--no-tracking"]
     config = detect.parse_config(base)
     from kd_keras.pipeline import RERUN_SAFE_KEYS
-    from kd_keras.run_state import RunState
+    from kd_keras.pipeline.run_state import RunState
 
     state = RunState(output, config_lib.to_dict(config), ignore=RERUN_SAFE_KEYS)
     (output / "teacher.keras").write_bytes(b"stands for a finished teacher")

@@ -16,7 +16,7 @@ from kd_keras import config as config_lib
 from kd_keras.config import ConfigError
 from kd_keras.models import build_cnn_classifier
 from kd_keras.pipeline import prepare, stage_dependencies
-from kd_keras.run_state import RunState
+from kd_keras.pipeline.run_state import RunState
 from recipes import classify, detect, reid
 
 QUIET = ["--no-tracking", "--set", "latency_runs=1", "--set", "int8_costs=false"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_keras.distribute import WorkerTimeoutError, wait_for_workers
+from kd_keras.pipeline.distribute import WorkerTimeoutError, wait_for_workers
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--epochs", "1", "--set", "teacher_epochs=1", "--no-tracking"]

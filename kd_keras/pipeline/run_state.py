@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from kd_keras.config import ConfigError, flatten
-from kd_keras.fingerprint import describe_changes
 from kd_keras.io import atomic_write_json
+from kd_keras.pipeline.fingerprint import describe_changes
 
 STATE_FILE = "run_state.json"
 _FORMAT = 2
@@ -44,7 +44,7 @@ class RunState:
         restart: forget every recorded stage and remove `checkpoints_dir`.
         checkpoints_dir: the folder of the stages' `BackupAndRestore` checkpoints (removed on
             `restart`); default `<output_dir>/checkpoints`.
-        data: the fingerprint of the data (`kd_keras.fingerprint`); every stage
+        data: the fingerprint of the data (`kd_keras.pipeline.fingerprint`); every stage
             depends on it.
         changes_stage: `changes_stage(key, stage)` tells whether a change of the dotted config
             `key` changes what `stage` trains (default: every key changes every stage).

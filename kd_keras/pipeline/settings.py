@@ -141,9 +141,9 @@ class RunConfig(ConfigModel):
     stages (`restart: true` trains everything again). `latency_runs` LiteRT inferences time each
     model; with `int8_costs` each trained network's row also gets the size and latency of its
     post-training full-int8 file (`int8_bytes`, `int8_latency_ms`). `strategy` spreads each
-    training step over devices or worker processes (`kd_keras.distribute`: `none`, `mirrored`,
-    `multiworker` with `TF_CONFIG`). A `multiworker` worker waits `worker_timeout` seconds for
-    the others to start, then stops with an error naming those that did not.
+    training step over devices or worker processes (`kd_keras.pipeline.distribute`: `none`,
+    `mirrored`, `multiworker` with `TF_CONFIG`). A `multiworker` worker waits `worker_timeout`
+    seconds for the others to start, then stops with an error naming those that did not.
     """
 
     data: str | None = None
