@@ -1,6 +1,6 @@
 """Person re-identification: Market-1501 data, BNNeck models, ReID losses, CMC/mAP, ReID KD."""
 
-from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
+from reid.distillation import ProjectionDistillation, SimilarityDistillation
 from reid.evaluation import RankingResult, evaluate, evaluate_ranking, pairwise_distances
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss, batch_hard_triplet
 from reid.market1501 import Market1501, ReIDSplit, load_market1501, parse_name
@@ -21,7 +21,6 @@ __all__ = [
     "TripletLoss",
     "batch_hard_triplet",
     "build_reid_model",
-    "dynamic_temperature",
     "embedding_model",
     "evaluate",
     "evaluate_ranking",

@@ -1,7 +1,8 @@
-"""ReID distillation: dynamic temperature on identity logits, and embedding-level terms.
+"""ReID distillation: embedding-level terms beside logits KD with a dynamic temperature.
 
-- `dynamic_temperature` is `kd_keras.schedules.from_name` for temperatures, so that logits KD
-  on the identity classifier starts soft and ends at exactly T = 1 on the last step.
+The dynamic temperature of logits KD on the identity classifier is `distill.temperature_schedule`
+(`kd_keras.schedules.from_name`, the one entry point): it starts soft and ends at exactly
+`final_temperature` (1) on the last step.
 - `SimilarityDistillation` matches the batch's pairwise similarity structure, which needs no
   common embedding size between teacher and student.
 - `ProjectionDistillation` maps the student embedding to the teacher's size with a learned
@@ -17,33 +18,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras import schedules
 from kd_keras.terms import DistillationTerm
 
 _PACKAGE = "reid"
-
-
-def dynamic_temperature(
-    kind: str, initial: float, total_steps: int, final: float = 1.0
-) -> schedules.Schedule:
-    """A temperature going from `initial` to `final` over `total_steps` training steps.
-
-    `kd_keras.schedules.from_name(kind, initial, final, total_steps)` with both temperatures
-    checked > 0, so it follows the shared endpoint rule: `initial` at step 0, exactly `final` at
-    step `total_steps − 1` (the step the last batch sees) and after. Linear, cosine and
-    exponential decay over `total_steps − 1` steps; `"step"` holds `initial` for steps
-    `< total_steps // 2` and `final` after; `"constant"` stays at `initial` (the usual fixed-T KD).
-    With `total_steps = 1` the one step is the last and sees `final` (except `"constant"`).
-
-    Raises:
-        ValueError: unknown kind, non-positive temperatures or `total_steps` not an integer
-            `>= 1`.
-    """
-    if not (initial > 0 and final > 0):
-        raise ValueError(
-            f"Expected temperatures > 0. Received: initial={initial!r}, final={final!r}."
-        )
-    return schedules.from_name(kind, initial, final, total_steps)
 
 
 def _normalize(x: tf.Tensor) -> tf.Tensor:

@@ -21,25 +21,19 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras as keras
 
+from kd_keras.models.layers import conv_bn
+
 BACKBONES = ("resnet", "mobilenet")
 STAGE_FILTERS = (32, 64, 128)
 FEATURES, EMBEDDING, LOGITS = "features", "embedding", "logits"
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
-    x = keras.layers.Conv2D(
-        filters, kernel, stride, padding="same", use_bias=False, name=f"{name}_conv"
-    )(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
-
-
 def _residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
-    y = _conv_bn(x, filters, 3, stride, f"{name}_a")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_b", relu=False)
+    y = conv_bn(x, filters, 3, stride, f"{name}_a")
+    y = conv_bn(y, filters, 3, 1, f"{name}_b", activation=None)
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, f"{name}_proj", relu=False)
+        shortcut = conv_bn(x, filters, 1, stride, f"{name}_proj", activation=None)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -50,7 +44,7 @@ def _separable_block(x, filters: int, stride: int, name: str):
     )(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_dw_relu")(x)
-    return _conv_bn(x, filters, 1, 1, f"{name}_pw")
+    return conv_bn(x, filters, 1, 1, f"{name}_pw")
 
 
 def build_backbone(
@@ -72,7 +66,7 @@ def build_backbone(
     if blocks_per_stage < 1:
         raise ValueError(f"Expected blocks_per_stage >= 1. Received: {blocks_per_stage=}.")
     channels = [max(4, int(round(f * width))) for f in stage_filters]
-    x = _conv_bn(inputs, channels[0], 3, 1, "stem")
+    x = conv_bn(inputs, channels[0], 3, 1, "stem")
     block = _residual_block if backbone == "resnet" else _separable_block
     for stage, filters in enumerate(channels):
         for index in range(blocks_per_stage):

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
-from kd_keras import compress
+from kd_keras import compress, schedules
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
 from kd_keras.terms import LogitsDistillation
-from reid.distillation import ProjectionDistillation, SimilarityDistillation, dynamic_temperature
+from reid.distillation import ProjectionDistillation, SimilarityDistillation
 from reid.evaluation import evaluate_dataset, keras_embedder
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
 from reid.market1501 import SPLITS, Market1501, list_split, load_market1501
@@ -113,12 +113,10 @@ class ReIDTask(Task):
         """Scratch, constant-T KD (with `compare_constant`) and dynamic-T KD for every seed."""
         config, settings = self.config, self.config.distill
         total = config.epochs * config.steps_per_epoch
-        dynamic = dynamic_temperature(
-            settings.schedule, settings.temperature, total, settings.final_temperature
-        )
+        dynamic = settings.temperature_schedule(total)
         variants = [("scratch", "scratch", None)]
         if settings.compare_constant:
-            constant = dynamic_temperature("constant", settings.temperature, total)
+            constant = schedules.Constant(settings.temperature)
             variants.append(("KD_constant_T", "KD constant T", constant))
         variants.append(("KD_dynamic_T", f"KD dynamic T, {settings.schedule}", dynamic))
         students = []

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from kd_keras.models.layers import conv_bn
+
 BACKBONES = ("resnet", "mobilenet")
 # Channels of the stem and of the stride-4, 8 and 16 stages at width 1.
 BASE_CHANNELS = (16, 32, 64, 128)
@@ -22,18 +24,6 @@ def scaled(channels: int, width: float, minimum: int = 4) -> int:
     return max(minimum, int(round(channels * width)))
 
 
-def _conv_bn(x, filters, kernel, strides, name, activation="relu"):
-    x = keras.layers.Conv2D(
-        filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
-    )(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
-    if activation == "relu":
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    elif activation == "relu6":
-        x = keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
-    return x
-
-
 def _basic_block(x, filters, strides, name):
     """ResNet basic block: two 3×3 convs with a (projected when needed) identity shortcut."""
     shortcut = x
@@ -41,9 +31,9 @@ def _basic_block(x, filters, strides, name):
         # ResNet-D shortcut: average-pool then a stride-1 1×1 conv, so every input pixel counts.
         shortcut = keras.layers.AveragePooling2D(strides, name=f"{name}_pool")(shortcut)
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(shortcut, filters, 1, 1, f"{name}_proj", activation=None)
-    y = _conv_bn(x, filters, 3, strides, f"{name}_a")
-    y = _conv_bn(y, filters, 3, 1, f"{name}_b", activation=None)
+        shortcut = conv_bn(shortcut, filters, 1, 1, f"{name}_proj", activation=None)
+    y = conv_bn(x, filters, 3, strides, f"{name}_a")
+    y = conv_bn(y, filters, 3, 1, f"{name}_b", activation=None)
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
@@ -51,13 +41,13 @@ def _basic_block(x, filters, strides, name):
 def _inverted_residual(x, filters, strides, expansion, name):
     """MobileNetV2 block: 1×1 expand, 3×3 depthwise, linear 1×1 project, residual if it fits."""
     inputs = x
-    y = _conv_bn(x, x.shape[-1] * expansion, 1, 1, f"{name}_expand", activation="relu6")
+    y = conv_bn(x, x.shape[-1] * expansion, 1, 1, f"{name}_expand", activation="relu6")
     y = keras.layers.DepthwiseConv2D(
         3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
     )(y)
     y = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_dw_bn")(y)
     y = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
-    y = _conv_bn(y, filters, 1, 1, f"{name}_project", activation=None)
+    y = conv_bn(y, filters, 1, 1, f"{name}_project", activation=None)
     if strides == 1 and inputs.shape[-1] == filters:
         y = keras.layers.Add(name=f"{name}_add")([inputs, y])
     return y
@@ -85,7 +75,7 @@ def backbone_features(
         raise ValueError(f"Expected depth >= 1. Received: depth={depth!r}.")
     stem, *stages = (scaled(c, width) for c in BASE_CHANNELS)
     activation = "relu" if kind == "resnet" else "relu6"
-    x = _conv_bn(inputs, stem, 3, 2, "stem", activation=activation)
+    x = conv_bn(inputs, stem, 3, 2, "stem", activation=activation)
     features = []
     for index, filters in enumerate(stages):
         for block in range(depth):

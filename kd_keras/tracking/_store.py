@@ -15,6 +15,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
+from kd_keras import config as config_lib
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """Embedded store: a SQLite file in the working directory (`mlflow ui --backend-store-uri ...`)."""
 
@@ -94,17 +96,14 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: Sequence[Sequence]) 
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str]:
-    """`{"distill": {"alpha": 0.9}}` to `{"distill.alpha": "0.9"}`; lists become JSON."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list | tuple | Mapping):
-            flat[name] = json.dumps(value, default=str)
-        else:
-            flat[name] = str(value)
-    return flat
+    """`{"distill": {"alpha": 0.9}}` to `{"distill.alpha": "0.9"}` (`kd_keras.config.flatten`)
+    as MLflow params: lists and mappings become JSON, everything else its text."""
+    flat = config_lib.flatten(dict(config), prefix)
+    return {key: _param_text(value) for key, value in flat.items()}
+
+
+def _param_text(value) -> str:
+    return json.dumps(value, default=str) if isinstance(value, list | tuple | dict) else str(value)
 
 
 def environment_tags(task: str | None) -> dict[str, str]:

@@ -4,10 +4,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras import Distiller, LogitsDistillation, schedules
+from reid.config import ReIDConfig
 from reid.distillation import (
     ProjectionDistillation,
     SimilarityDistillation,
-    dynamic_temperature,
     similarity_matrix,
 )
 from reid.losses import ReIDLoss
@@ -17,31 +17,13 @@ from tests.helpers import assert_config_round_trip
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "exponential", "step"])
 def test_temperature_reaches_one_on_the_last_step(kind):
-    schedule = dynamic_temperature(kind, 6.0, total_steps=50)
+    settings = ReIDConfig().distill.model_copy(update={"schedule": kind, "temperature": 6.0})
+    schedule = settings.temperature_schedule(50)
     values = [schedule.value_at(step) for step in range(50)]
     assert values[0] == pytest.approx(6.0)
     assert values[-1] == pytest.approx(1.0)
     assert all(a >= b - 1e-6 for a, b in zip(values, values[1:]))  # never goes back up
     assert schedule.value_at(500) == pytest.approx(1.0)
-
-
-def test_constant_temperature_and_bad_arguments():
-    assert isinstance(dynamic_temperature("constant", 4.0, 10), schedules.Constant)
-    assert dynamic_temperature("constant", 4.0, 10).value_at(9) == 4.0
-    with pytest.raises(ValueError, match="Expected kind in"):
-        dynamic_temperature("warm", 4.0, 10)
-    with pytest.raises(ValueError, match="Expected temperatures > 0"):
-        dynamic_temperature("linear", 0.0, 10)
-
-
-@pytest.mark.parametrize("kind", ["constant", "linear", "cosine", "exponential", "step"])
-@pytest.mark.parametrize("total_steps", [1, 2, 9])
-def test_dynamic_temperature_is_from_name(kind, total_steps):
-    ours = dynamic_temperature(kind, 5.0, total_steps, final=1.5)
-    shared = schedules.from_name(kind, 5.0, 1.5, total_steps)
-    assert type(ours) is type(shared) and ours.get_config() == shared.get_config()
-    for step in range(total_steps + 2):
-        assert ours.value_at(step) == shared.value_at(step)
 
 
 def test_similarity_loss_with_different_embedding_sizes_by_hand():
@@ -100,7 +82,7 @@ def test_distiller_with_size_mismatch_and_dynamic_temperature():
     y = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     terms = [
         LogitsDistillation(
-            temperature=dynamic_temperature("linear", 4.0, total_steps=3),
+            temperature=schedules.from_name("linear", 4.0, 1.0, total_steps=3),
             teacher_layer="logits",
             student_layer="logits",
             name="logits_kd",
