@@ -8,10 +8,8 @@ import tempfile
 
 import tensorflow as tf
 import tf_keras as keras
-from tensorflow.python.framework.convert_to_constants import (
-    convert_variables_to_constants_v2,
-)
 
+from kd_keras.compat import convert_variables_to_constants_v2
 from kd_keras.models.graph import check_functional
 
 

@@ -20,8 +20,8 @@ from typing import Literal
 import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
+from kd_keras.compat import pruning_wrapper
 from kd_keras.models.graph import check_functional
 
 _sparsity = tfmot.sparsity.keras

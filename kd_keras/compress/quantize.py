@@ -19,14 +19,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
-from tensorflow_model_optimization.python.core.quantization.keras import (
-    quantize_layer,
-    quantize_wrapper,
-)
-from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-    default_8bit_quantize_registry,
-)
 
+from kd_keras.compat import default_8bit_quantize_registry, quantize_layer, quantize_wrapper
 from kd_keras.compress.prune import is_pruned, sparsity_report
 from kd_keras.models.graph import check_functional
 from kd_keras.models.lma import LMA, LMAQuantizeConfig

@@ -314,8 +314,8 @@ def _configure_coordination(timeout: float) -> None:
     """TensorFlow's coordination service as `MultiWorkerMirroredStrategy` would configure it,
     plus a registration timeout: past `timeout` seconds without every worker registered, the
     strategy raises `DeadlineExceededError` instead of waiting forever."""
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.eager import context  # the strategy's own configuration hook
+    from kd_keras.compat import coordination_config_pb2
+    from kd_keras.compat import eager_context as context  # the strategy's own hook
 
     if context.context().coordination_service is not None:
         return  # configured already: the strategy leaves it as it is too

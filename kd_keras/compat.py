@@ -1,0 +1,46 @@
+"""Every private TensorFlow and TF-MOT symbol kd-keras uses, imported here and nowhere else.
+
+TF-MOT's public API has no way to list a model's prunable layers, tell a quantization wrapper
+from any layer, or reach the default 8-bit registry; TensorFlow's has no way to freeze a concrete
+function for FLOP counting or to configure the multi-worker coordination service. These come from
+private modules that an upgrade may move: `tests/kd_keras/test_compat.py` imports each one and
+names the one that went. (tf_keras's private graph attributes are read in
+`kd_keras.models.graph`.)
+"""
+
+from __future__ import annotations
+
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.eager import context as eager_context
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quantize_layer,
+    quantize_wrapper,
+)
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry,
+)
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+#: The symbols the code reads from the modules above, as `(module, attribute)`.
+USED = (
+    (pruning_wrapper, "collect_prunable_layers"),
+    (quantize_wrapper, "QuantizeWrapper"),
+    (quantize_layer, "QuantizeLayer"),
+    (default_8bit_quantize_registry, "Default8BitQuantizeRegistry"),
+    (eager_context, "context"),
+    (coordination_config_pb2, "CoordinatedJob"),
+)
+
+__all__ = [
+    "USED",
+    "convert_variables_to_constants_v2",
+    "coordination_config_pb2",
+    "default_8bit_quantize_registry",
+    "eager_context",
+    "pruning_wrapper",
+    "quantize_layer",
+    "quantize_wrapper",
+]
