@@ -34,3 +34,39 @@ def assert_config_round_trip(obj) -> None:
     again = keras.saving.deserialize_keras_object(serialized)
     assert type(again) is type(obj)
     assert again.get_config() == config
+
+
+def assert_litert_agrees(
+    model,
+    tflite,
+    x: np.ndarray,
+    top1: float | None = None,
+    max_abs: float | None = None,
+    correlation: float | None = None,
+    cosine: float | None = None,
+) -> dict:
+    """Runs `tflite` (a path or flatbuffer) in LiteRT and `model` in Keras on `x` and asserts
+    the given agreements: top-1 agreement at least `top1`, largest absolute difference at most
+    `max_abs`, correlation of all outputs above `correlation`, mean cosine of the output rows
+    above `cosine`. Returns the measured figures."""
+    from kd_keras.export import tflite_predict
+
+    expected = np.asarray(model.predict(x, verbose=0))
+    actual = tflite_predict(tflite, x)
+    rows_expected, rows_actual = expected.reshape(len(x), -1), actual.reshape(len(x), -1)
+    norms = np.linalg.norm(rows_expected, axis=1) * np.linalg.norm(rows_actual, axis=1)
+    measured = {
+        "top1": float(np.mean(expected.argmax(-1) == actual.argmax(-1))),
+        "max_abs": float(np.abs(expected - actual).max()),
+        "correlation": float(np.corrcoef(expected.ravel(), actual.ravel())[0, 1]),
+        "cosine": float(np.mean(np.sum(rows_expected * rows_actual, 1) / (norms + 1e-12))),
+    }
+    if top1 is not None:
+        assert measured["top1"] >= top1, measured
+    if max_abs is not None:
+        assert measured["max_abs"] <= max_abs, measured
+    if correlation is not None:
+        assert measured["correlation"] > correlation, measured
+    if cosine is not None:
+        assert measured["cosine"] > cosine, measured
+    return measured

@@ -4,9 +4,10 @@ import tf_keras as keras
 
 from detection.centernet import build_centernet
 from kd_keras import compress
-from kd_keras.export import tflite_predict, to_tflite
+from kd_keras.export import to_tflite
 from kd_keras.models import build_cnn_classifier
 from reid.models import build_reid_model
+from tests.helpers import assert_litert_agrees
 
 FULL = 10**6  # an int rank, capped at each layer's full rank
 CONVS = ("stage1_block1_conv", "stage2_block1_conv", "stage3_block1_conv")
@@ -131,6 +132,7 @@ def test_add_and_several_outputs(kind):
         assert compress.wrapped_layer_name(small, "embedding") == "embedding"
 
 
+@pytest.mark.slow
 def test_decomposed_model_saves_prunes_and_exports_int8(cnn, tmp_path):
     x = _images((16, 16, 3), n=64, seed=4)
     small = compress.decompose(cnn, 0.5)
@@ -145,11 +147,7 @@ def test_decomposed_model_saves_prunes_and_exports_int8(cnn, tmp_path):
     assert pruned(x[:2]).shape == (2, 4)
 
     qat = compress.quantize_aware(small, calibration_data=np.array_split(x, 4))
-    flatbuffer = to_tflite(qat, "int8")
-    lite = tflite_predict(flatbuffer, x)
-    reference = small.predict(x, verbose=0)
-    assert np.mean(lite.argmax(-1) == reference.argmax(-1)) >= 0.9
-    assert np.corrcoef(lite.ravel(), reference.ravel())[0, 1] > 0.95
+    assert_litert_agrees(small, to_tflite(qat, "int8"), x, top1=0.9, correlation=0.95)
 
 
 def test_bad_arguments_raise():

@@ -6,10 +6,10 @@ import pytest
 import tf_keras as keras
 
 from kd_keras import config as config_lib
-from kd_keras.export import tflite_predict
 from recipes import reid
 from reid.models import embedding_model
 from reid.synthetic import SyntheticConfig, write_synthetic_market1501
+from tests.helpers import assert_litert_agrees
 
 CONFIGS = Path(reid.__file__).parent / "configs"
 TINY_DATA = SyntheticConfig(
@@ -80,12 +80,8 @@ def test_tiny_end_to_end_run(tmp_path):
             for p in sorted((data / "query").iterdir())
         ]
     )
-    expected = embedding_model(student).predict(images, verbose=0)
-    actual = tflite_predict(output / "student_ptq_int8.tflite", images)
-    cosine = np.sum(expected * actual, 1) / (
-        np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
-    )
-    assert cosine.mean() > 0.97
+    tflite = output / "student_ptq_int8.tflite"
+    assert_litert_agrees(embedding_model(student), tflite, images, cosine=0.97)
     assert (output / "student_int8.tflite").is_file() and (
         output / "student_int8.io.json"
     ).is_file()
