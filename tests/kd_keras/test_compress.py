@@ -151,6 +151,7 @@ def test_kd_aware_qat_with_hint_term_lowers_distillation_loss(teacher, tmp_path)
     np.testing.assert_allclose(restored.predict(x, verbose=0), kd.predict(x, verbose=0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pqat_preserves_sparsity(teacher):
     teacher_model, x, y = teacher
     pruned = compress.prune(conv_bn_model(width=4, name="student", seed=1), 0.5, frequency=1)
@@ -185,6 +186,7 @@ def _model_with_custom_layer():
 
 
 def test_unsupported_layer_error_names_layer_and_fix():
+    keras.utils.set_random_seed(0)
     model = _model_with_custom_layer()
     with pytest.raises(ValueError, match="cannot quantize layer.*'square' \\(Square\\)") as info:
         compress.quantize_aware(model)
@@ -197,6 +199,7 @@ def test_unsupported_layer_error_names_layer_and_fix():
     assert "quant_square" in [layer.name for layer in qat.layers]
     x = np.random.default_rng(0).normal(size=(8, *SHAPE)).astype(np.float32)
     qat(x, training=True)  # a training pass records the activation ranges
+    # Within about one step of the output quantizer, whose range one pass barely narrows.
     np.testing.assert_allclose(qat(x), model(x), atol=0.05)
     assert_config_round_trip(compress.OutputQuantizeConfig(num_bits=8))
 
