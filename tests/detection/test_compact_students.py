@@ -54,6 +54,7 @@ def _student(task, method):
     return next(s for s in task.students() if s.method == method)
 
 
+@pytest.mark.slow
 def test_budgeted_detector_narrows_the_backbone_within_the_budget(task):
     keras.utils.set_random_seed(0)
     teacher = task.build("teacher", "teacher")
@@ -82,6 +83,7 @@ def test_budgeted_detector_narrows_the_backbone_within_the_budget(task):
     assert budget.prunable_convs(model, task.budget_scope) == list(details["widths"])
 
 
+@pytest.mark.slow
 def test_progressive_detector_learns_the_teacher_backbone_stage_by_stage(task):
     keras.utils.set_random_seed(0)
     teacher = task.build("teacher", "teacher")
@@ -99,6 +101,7 @@ def test_progressive_detector_learns_the_teacher_backbone_stage_by_stage(task):
     assert all(layer.trainable for layer in model.layers)
 
 
+@pytest.mark.slow
 def test_lowrank_detector_recovers_with_the_detection_kd_terms(task):
     keras.utils.set_random_seed(0)
     teacher = task.build("teacher", "teacher")
