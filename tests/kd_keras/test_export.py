@@ -71,6 +71,7 @@ def test_int8_without_representative_data_fails_clearly(trained):
         export.to_tflite(model, "int4")
 
 
+@pytest.mark.slow
 def test_qat_student_exports_int8_without_calibration(trained):
     model, x, y = trained
     qat = compress.quantize_aware(model)

@@ -86,6 +86,7 @@ def _conv_lma_classifier():
     return model
 
 
+@pytest.mark.slow
 def test_qat_picks_lma_config_and_exports_full_int8():
     model = _conv_lma_classifier()
     assert compress.unsupported_layers(model) == []

@@ -1,8 +1,5 @@
 """The headline metric against size and extra pictures, logged to a real local MLflow store."""
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -172,23 +169,22 @@ def test_images_are_logged_and_a_missing_one_is_reported(store, tmp_path):
 
 
 def test_plots_leave_the_global_backend_alone(tmp_path):
-    """A user's backend (here `svg`, chosen before importing kd_keras) survives every plot."""
-    script = textwrap.dedent(
-        f"""
-        import matplotlib
+    """A user's backend, chosen before kd_keras is imported, survives the import and every plot."""
+    import importlib
+
+    import matplotlib
+
+    from kd_keras.compress import select
+
+    before = matplotlib.get_backend()
+    try:
         matplotlib.use("svg")
-        from kd_keras.compress.select import SparsityCurve, save_curve
-        from kd_keras.tracking import plots
-        plots.metric_vs_size([("a", 2048, 0.5)], r"{tmp_path}/size.png")
-        plots.training_curves([["teacher/loss", 1.0, 0, 0]], r"{tmp_path}/curves.png")
-        save_curve(SparsityCurve((0.0, 0.5), (0.9, 0.8), 0.5, "knee"), r"{tmp_path}")
-        print(matplotlib.get_backend())
-        """
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "svg"
+        importlib.reload(plots)  # what importing it does
+        plots.metric_vs_size([("a", 2048, 0.5)], tmp_path / "size.png")
+        plots.training_curves([["teacher/loss", 1.0, 0, 0]], tmp_path / "curves.png")
+        select.save_curve(select.SparsityCurve((0.0, 0.5), (0.9, 0.8), 0.5, "knee"), tmp_path)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
     assert all((tmp_path / name).stat().st_size > 1000 for name in ("size.png", "curves.png"))
     assert (tmp_path / "sparsity_curve.png").stat().st_size > 1000

@@ -72,6 +72,7 @@ def test_terms_round_trip():
         assert_config_round_trip(term)
 
 
+@pytest.mark.slow
 def test_distiller_with_size_mismatch_and_dynamic_temperature():
     keras.utils.set_random_seed(0)
     shape, ids = (16, 8, 3), 4

@@ -134,6 +134,7 @@ def test_pk_dataset_batches_and_augmentation():
     assert not np.array_equal(np.stack(augmented), np.stack(other))
 
 
+@pytest.mark.slow
 def test_two_output_model_trains_with_per_output_losses():
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).random((8, 16, 8, 3)).astype(np.float32)

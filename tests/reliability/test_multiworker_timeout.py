@@ -78,6 +78,7 @@ def _finish(process: subprocess.Popen, timeout: float) -> tuple[str, float]:
     return err.decode(errors="replace"), time.monotonic() - start
 
 
+@pytest.mark.slow
 def test_a_worker_that_never_starts_is_named_after_worker_timeout(tmp_path):
     process, workers = _start_worker_0(tmp_path, "--set", "worker_timeout=5")
     err, _ = _finish(process, timeout=60)
@@ -91,6 +92,7 @@ def test_a_worker_that_never_starts_is_named_after_worker_timeout(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_a_worker_waiting_for_the_others(tmp_path, signum):
     process, workers = _start_worker_0(tmp_path)  # the default worker_timeout, minutes

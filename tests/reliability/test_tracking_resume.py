@@ -49,6 +49,7 @@ _KILLED_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_training_is_continued_and_closed_by_the_rerun(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     output = tmp_path / "out"
