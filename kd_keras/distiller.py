@@ -11,14 +11,34 @@ the teacher/student outputs the term declares, and weights and temperatures may 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras import schedules
+from kd_keras.models import graph
 from kd_keras.terms import DistillationTerm
 
+__all__ = ["BatchLosses", "Distiller", "as_float32"]
+
 _PACKAGE = "kd_keras"
+
+
+class BatchLosses(NamedTuple):
+    """The losses of one batch, as `Distiller.batch_losses` returns them (unweighted, per example).
+
+    Attributes:
+        prediction: the student's output on the batch (what the compiled metrics score).
+        student_loss: `[batch]` float32 task loss, or `None` without a task loss or labels.
+        term_losses: one `[batch]` float32 loss per distillation term, in the terms' order.
+        temperatures: one temperature per term at the current step (`None` for terms without).
+    """
+
+    prediction: tf.Tensor
+    student_loss: tf.Tensor | None
+    term_losses: list
+    temperatures: list
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -40,6 +60,10 @@ class Distiller(keras.Model):
 
     Metrics: `student_loss`, `distillation_loss`, `total_loss` (alias `loss`), one
     `<term>_loss` per term when there are several, and `<term>_temperature` for terms with one.
+
+    Subclassing: a KD method that changes what the student learns from on a batch overrides the
+    step hook `batch_losses` (the unweighted losses of one batch, given the teacher's outputs),
+    not `train_step`; see `kd_keras.methods.adversarial.AdversarialDistiller`.
 
     Example:
         >>> distiller = Distiller(teacher, student, LogitsDistillation(temperature=4.0),
@@ -81,9 +105,9 @@ class Distiller(keras.Model):
                 f"Received: names={[term.name for term in terms]}."
             )
         weights = _as_weight_list(distillation_loss_weights, len(terms))
-        _check_model("student", student)
+        graph.check_functional(student, "student")
         if teacher is not None:
-            _check_model("teacher", teacher)
+            graph.check_functional(teacher, "teacher")
             teacher.trainable = False
         elif teacher_output_shape is None:
             raise ValueError(
@@ -176,10 +200,25 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _distillation(self, x, y, teacher_outputs, training):
-        """Student output, per-example student loss, per-example term losses and temperatures.
+    def batch_losses(self, x, y, teacher_outputs: list, training: bool) -> BatchLosses:
+        """The step hook: the student's prediction and unweighted losses on one batch.
 
-        `teacher_outputs` is the list from `_teacher_outputs`, one output per term.
+        `train_step` calls it inside its gradient tape (`training=True`) and `test_step` without
+        one (`training=False`); both then weight and sum the losses (the formula in the module
+        docstring), average them over the global batch, and update the metrics. A KD method
+        that changes what the student learns from on a batch (e.g. `AdversarialDistiller`, which
+        trains on adversarial inputs) overrides this method only, and calls
+        `super().batch_losses` for the losses of the inputs it chooses.
+
+        Args:
+            x: the batch's inputs.
+            y: its labels, or `None` (then there is no task loss).
+            teacher_outputs: one teacher output per term, on the clean `x` (from one
+                inference-mode teacher pass, or from the offline cache). No gradient flows to them.
+            training: whether the student runs in training mode.
+
+        Returns:
+            A `BatchLosses`: `[batch]` float32 losses, unweighted.
         """
         student_outputs = _as_list(self._student_features(x, training=training))
         step = self.distillation_step
@@ -194,8 +233,8 @@ class Distiller(keras.Model):
             temperatures.append(temperature)
         student_loss = None
         if self.student_loss is not None and y is not None:
-            student_loss = _reduce_to_batch(self.student_loss(y, _as_float32(prediction)))
-        return prediction, student_loss, term_losses, temperatures
+            student_loss = _reduce_to_batch(self.student_loss(y, as_float32(prediction)))
+        return BatchLosses(prediction, student_loss, term_losses, temperatures)
 
     def _teacher_outputs(self, x, cached=None) -> list:
         """One teacher output per term: from the cache offline, else one inference-mode pass."""
@@ -229,7 +268,7 @@ class Distiller(keras.Model):
         # The frozen teacher runs outside the tape: nothing of it is recorded for backprop.
         teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         with tf.GradientTape() as tape:
-            prediction, student_loss, term_losses, temperatures = self._distillation(
+            prediction, student_loss, term_losses, temperatures = self.batch_losses(
                 x, y, teacher_outputs, training=True
             )
             total, distillation = self._combined(student_loss, term_losses)
@@ -244,7 +283,7 @@ class Distiller(keras.Model):
     def test_step(self, data):
         x, y, teacher_outputs = self._unpack(data)
         teacher_outputs = self._teacher_outputs(x, teacher_outputs)
-        prediction, student_loss, term_losses, temperatures = self._distillation(
+        prediction, student_loss, term_losses, temperatures = self.batch_losses(
             x, y, teacher_outputs, training=False
         )
         total, distillation = self._combined(student_loss, term_losses)
@@ -343,20 +382,6 @@ class Distiller(keras.Model):
         return cls(**config)
 
 
-def _check_model(role: str, model) -> None:
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"Expected the {role} to be a tf_keras model (import tf_keras as keras). A Keras 3 "
-            f"model cannot be pruned or quantized by TF-MOT. Received: {role}={type(model)!r}."
-        )
-    if not getattr(model, "_is_graph_network", False):
-        raise TypeError(
-            f"Expected the {role} to be a functional or Sequential tf_keras model, so its layers "
-            f"can be read and it can be pruned and quantized. Received: {role}={type(model)!r}, "
-            "a subclassed model. Rebuild it with keras.Model(inputs, outputs)."
-        )
-
-
 def _layer(model: keras.Model, layer_name: str) -> keras.layers.Layer:
     try:
         return model.get_layer(layer_name)
@@ -375,8 +400,7 @@ def _sources(model: keras.Model, layer_names: Sequence[str | None]) -> list:
         if name is not None:
             sources.append(_layer(model, name))
         else:
-            output_layer = model.outputs[0].node.layer if len(model.outputs) == 1 else None
-            sources.append(output_layer)
+            sources.append(graph.output_layer(model))
     return sources
 
 
@@ -399,11 +423,21 @@ def _as_list(outputs) -> list:
     return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
 
 
-def _as_float32(outputs):
+def as_float32(outputs):
     """Casts the floating tensors of `outputs` (a tensor or a nest of them) to float32.
 
-    Under the `mixed_float16` policy the student outputs float16; its task loss (softmax, log) and
-    the loss scale applied to it would overflow or underflow in half precision.
+    Use it on a model's outputs before a loss: under the `mixed_float16` policy a model outputs
+    float16, and its task loss (softmax, log) and the loss scale applied to it would overflow or
+    underflow in half precision. Integer tensors are returned unchanged.
+
+    Args:
+        outputs: a tensor, or a nest (list, tuple, dict) of tensors.
+
+    Returns:
+        The same structure, floating tensors cast to float32.
+
+    Example:
+        >>> as_float32(tf.constant([1.0], tf.float16)).dtype  # -> tf.float32
     """
     return tf.nest.map_structure(
         lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs

@@ -26,7 +26,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras import schedules
-from kd_keras.distiller import Distiller
+from kd_keras.distiller import BatchLosses, Distiller
 from kd_keras.methods.base import Method
 from kd_keras.terms import DistillationTerm
 
@@ -262,6 +262,9 @@ class AdversarialDistiller(Distiller):
     term on clean inputs; here the attack targets the teacher's soft labels and the task term sees
     `x'`, as written above. With ε = 0 (or w = 0) a step is exactly a `Distiller` step.
 
+    ARD changes only what the student learns from, so this class overrides only the Distiller's
+    step hook, `batch_losses`; the Distiller's `train_step` weights, averages and applies them.
+
     Training metrics (`loss`, `student_loss`, per-term losses, temperatures, compiled metrics) are
     the Distiller's, on the mixed loss; compiled metrics use the student's predictions on `x'`.
     `evaluate` reports clean losses; measure robustness with `adversarial_accuracy`.
@@ -345,8 +348,10 @@ class AdversarialDistiller(Distiller):
             return x
 
         def distillation_loss(candidate):
-            _, _, term_losses, _ = self._distillation(candidate, y, teacher_outputs, training=False)
-            return self._combined(None, term_losses)[1]
+            losses = super(AdversarialDistiller, self).batch_losses(
+                candidate, y, teacher_outputs, training=False
+            )
+            return self._combined(None, losses.term_losses)[1]
 
         if self.attack == "fgsm":
             step_size, steps, random_start = self.epsilon, 1, False
@@ -357,24 +362,22 @@ class AdversarialDistiller(Distiller):
             distillation_loss, x, self.epsilon, step_size, steps, random_start, None, self.clip
         )
 
-    def train_step(self, data):
-        x, y, cached = self._unpack(data)
-        teacher_outputs = self._teacher_outputs(x, cached)
-        weight = 0.0 if self.epsilon == 0 else self.adversarial_weight
-        # The attack runs outside the tape: only the update on x' (and x) is differentiated.
-        adversarial = self._adversarial_inputs(x, y, teacher_outputs) if weight > 0 else x
-        with tf.GradientTape() as tape:
-            parts = self._distillation(adversarial, y, teacher_outputs, training=True)
-            if 0 < weight < 1:
-                clean = self._distillation(x, y, teacher_outputs, training=True)
-                parts = _mix(clean, parts, weight)
-            prediction, student_loss, term_losses, temperatures = parts
-            total, distillation = self._combined(student_loss, term_losses)
-            loss = self._batch_loss(total)
-        self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
-        return self._update_metrics(
-            y, prediction, student_loss, term_losses, temperatures, total, distillation
-        )
+    def batch_losses(self, x, y, teacher_outputs: list, training: bool) -> BatchLosses:
+        """The Distiller's losses on `x'` in training, mixed with those on `x` when 0 < w < 1.
+
+        Evaluation (`training=False`) and ε = 0 or w = 0 give the Distiller's clean losses.
+        """
+        weight = 0.0 if self.epsilon == 0 or not training else self.adversarial_weight
+        if weight == 0:
+            return super().batch_losses(x, y, teacher_outputs, training)
+        # `_perturb` returns a stop-gradient tensor, so although this runs inside the training
+        # tape, the update differentiates only the losses on x' (and x), never the attack.
+        adversarial = self._adversarial_inputs(x, y, teacher_outputs)
+        losses = super().batch_losses(adversarial, y, teacher_outputs, training)
+        if weight < 1:
+            clean = super().batch_losses(x, y, teacher_outputs, training)
+            losses = _mix(clean, losses, weight)
+        return losses
 
     # === Config ===
 
@@ -391,14 +394,15 @@ class AdversarialDistiller(Distiller):
         return config
 
 
-def _mix(clean, adversarial, weight: float):
+def _mix(clean: BatchLosses, adversarial: BatchLosses, weight: float) -> BatchLosses:
     """`(1 − w) · clean + w · adversarial` for the losses; the adversarial prediction is kept."""
-    _, clean_student, clean_terms, _ = clean
-    prediction, student_loss, term_losses, temperatures = adversarial
+    student_loss = adversarial.student_loss
     if student_loss is not None:
-        student_loss = (1 - weight) * clean_student + weight * student_loss
-    term_losses = [(1 - weight) * c + weight * a for c, a in zip(clean_terms, term_losses)]
-    return prediction, student_loss, term_losses, temperatures
+        student_loss = (1 - weight) * clean.student_loss + weight * student_loss
+    term_losses = [
+        (1 - weight) * c + weight * a for c, a in zip(clean.term_losses, adversarial.term_losses)
+    ]
+    return adversarial._replace(student_loss=student_loss, term_losses=term_losses)
 
 
 def _model_loss(model, y, loss_fn: LossFn) -> Callable[[tf.Tensor], tf.Tensor]:

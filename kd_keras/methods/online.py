@@ -15,8 +15,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras import losses
-from kd_keras.distiller import _as_float32, _check_model
+from kd_keras.distiller import as_float32
 from kd_keras.methods.base import Method
+from kd_keras.models import graph
 
 _PACKAGE = "kd_keras"
 # Added to the attention logit of a peer on itself: its weight is exactly 0 after the softmax.
@@ -148,9 +149,9 @@ class OnlineDistiller(keras.Model):
                 f"Expected projection_dim to be a positive integer. "
                 f"Received: projection_dim={projection_dim}."
             )
-        _check_model("leader", leader)
+        graph.check_functional(leader, "leader")
         for index, peer in enumerate(peers):
-            _check_model(f"peers[{index}]", peer)
+            graph.check_functional(peer, f"peers[{index}]")
         models = [leader, *peers]
         if len({id(model) for model in models}) != len(models):
             raise ValueError(
@@ -250,8 +251,8 @@ class OnlineDistiller(keras.Model):
 
     def _objective(self, x, y, training):
         """Leader logits, then per-example total, leader loss, mean peer loss, attention entropy."""
-        leader_logits = _as_float32(self.leader(x, training=training))
-        peer_logits = [_as_float32(peer(x, training=training)) for peer in self.peers]
+        leader_logits = as_float32(self.leader(x, training=training))
+        peer_logits = [as_float32(peer(x, training=training)) for peer in self.peers]
         group = self.group_distillation(peer_logits, leader_logits)
         weight = self.distillation_weight
         peer_losses = (
@@ -291,7 +292,7 @@ class OnlineDistiller(keras.Model):
     def test_step(self, data):
         # Only the leader is kept, so only the leader is evaluated (the peers do not run).
         x, y = _unpack(data)
-        leader_logits = _as_float32(self.leader(x, training=False))
+        leader_logits = as_float32(self.leader(x, training=False))
         self.loss_tracker.update_state(_cross_entropy(y, leader_logits))
         self.compiled_metrics.update_state(y, leader_logits)
         compiled = self.compiled_metrics.metrics if self.compiled_metrics is not None else []

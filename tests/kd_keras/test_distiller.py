@@ -134,7 +134,8 @@ def test_probability_teacher_declared_as_such_trains():
         (
             lambda: Distiller(tiny_classifier(3), _Subclassed(), LogitsDistillation()),
             TypeError,
-            "a subclassed model",
+            r"student to be a functional or Sequential tf_keras model.*"
+            r"Received: student=_Subclassed \(subclassed\)",
         ),
         (
             lambda: Distiller(
