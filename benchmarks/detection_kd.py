@@ -31,8 +31,8 @@ def pipeline_vs_training(config, batches: int = 20) -> dict:
     import tf_keras as keras
 
     from detection.centernet import CenterNetDistiller, CenterNetLoss, build_centernet
-    from detection.data import detection_dataset
-    from detection.task import detection_kd_terms, load_data
+    from detection.data import detection_dataset, load_data
+    from detection.distillation import detection_kd_terms
 
     train, _, _ = load_data(config)
     size = (config.image_size, config.image_size)

@@ -1,4 +1,8 @@
-"""Classification data: scikit-learn's bundled digits, and image folders (a subfolder per class)."""
+"""Classification data: scikit-learn's bundled digits, and image folders (a subfolder per class).
+
+`load_data(config)` gives the run's stratified train and test sets; `training_dataset` batches
+them for `fit`, with `random_shift` as the optional augmentation.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from classification.config import ClassifyConfig
 from kd_keras.images import IMAGE_SUFFIXES, list_images, read_resized
 
 
@@ -58,6 +63,23 @@ class ImageDataset:
             ImageDataset(x_train, y_train, self.class_names),
             ImageDataset(x_test, y_test, self.class_names),
         )
+
+
+def load_data(config: ClassifyConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The run's train and test sets: `config.data`'s image folder, or the bundled digits.
+
+    The split is stratified by class, `test_fraction` of the images tested, the same for the
+    same `seed` (`ImageDataset.split`).
+
+    Raises:
+        FileNotFoundError: `config.data` does not exist.
+        ValueError: the folder or the split is unusable (see `load_image_folder` and `split`).
+    """
+    if config.data is None:
+        dataset = load_digits()
+    else:
+        dataset = load_image_folder(config.data, config.image_size, config.channels)
+    return dataset.split(config.test_fraction, config.seed)
 
 
 def load_digits() -> ImageDataset:

@@ -15,17 +15,17 @@ import numpy as np
 import tf_keras as keras
 
 from classification import data as data_lib
+from classification import evaluation, models
+from classification.distillation import classification_kd_terms
 from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export
 from kd_keras.distiller import Distiller
 from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
-from kd_keras.methods.adversarial import AdversarialDistiller, adversarial_accuracy
-from kd_keras.models import build_cnn_classifier, stage_outputs
+from kd_keras.methods.adversarial import AdversarialDistiller
 from kd_keras.models.graph import output_layer
 from kd_keras.models.inspect import final_activation
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
-from kd_keras.terms import FeatureDistillation, LogitsDistillation
 
 #: A student with LMA activations, distilled like the shipped one.
 LMA_METHOD = Method("lma", "LMA activations")
@@ -46,11 +46,7 @@ class ClassificationTask(Task):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        if config.data is None:
-            dataset = data_lib.load_digits()
-        else:
-            dataset = data_lib.load_image_folder(config.data, config.image_size, config.channels)
-        self.train, self.test = dataset.split(config.test_fraction, config.seed)
+        self.train, self.test = data_lib.load_data(config)
         self.subset = None
         self.x_train, self.y_train = self.train.x, self.train.y
         self.x_test, self.y_test = self.test.x, self.test.y
@@ -124,34 +120,28 @@ class ClassificationTask(Task):
                 f"{teacher_classes} classes. Received: classes={list(self.config.classes)}."
             )
 
+    @property
+    def _class_indices(self) -> tuple[int, ...] | None:
+        """The teacher class of each student class, with `classes`."""
+        return None if self.subset is None else self.subset.class_indices
+
     def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
-        size = self.config.teacher_model if role == "teacher" else self.config.student_model
         classes = self.train.num_classes
         if role == "student" and self.subset is not None:
             classes = self.subset.num_classes
-        activation = (
-            "lma" if student is not None and student.method == LMA_METHOD else size.activation
-        )
-        return build_cnn_classifier(
+        lma = student is not None and student.method == LMA_METHOD
+        return models.build_classifier(
+            self.config,
+            role,
             self.train.input_shape,
             classes,
-            size.width,
-            size.depth,
-            dropout=size.dropout,
-            name=name,
-            activation=activation,
+            name,
+            activation="lma" if lma else None,
         )
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):
         """The stages' ends (`stage<i>_pool`): both networks have one stage per base width."""
-        ends = stage_outputs(teacher), stage_outputs(student)
-        if len(ends[0]) != len(ends[1]) or not ends[1]:
-            raise ValueError(
-                "Progressive KD replaces teacher stages by student stages one for one, but the "
-                f"teacher's stages end at {ends[0]} and the student's at {ends[1]}. Use a teacher "
-                "built by kd_keras.models.build_cnn_classifier with the same base_filters."
-            )
-        return list(zip(*ends, strict=True))
+        return models.stage_boundaries(teacher, student)
 
     # --- training ---
 
@@ -178,28 +168,10 @@ class ClassificationTask(Task):
         """Hinton soft targets (on the subset's classes with `classes`), plus a FitNet hint on
         `features` when `hint_weight > 0`, or a cross-entropy one while a factored student
         recovers (knowledge pre-regression)."""
-        config, settings = self.config, self.config.distill
-        steps = stage.epochs * int(np.ceil(len(self.x_train) / config.batch_size))
-        terms = [
-            LogitsDistillation(
-                temperature=settings.temperature_schedule(steps),
-                loss=settings.loss,
-                teacher_outputs=settings.teacher_outputs,
-                teacher_class_indices=None if self.subset is None else self.subset.class_indices,
-                name="logits_kd",
-            )
-        ]
-        weights = [settings.logits_weight]
-        hint_weight, hint_loss = settings.hint_weight, settings.hint_loss
-        if stage.role is Role.LOWRANK:
-            hint_weight, hint_loss = config.compress.lowrank_hint_weight, "cross_entropy"
-        if hint_weight > 0:
-            student_layer = compress.wrapped_layer_name(student, "features")
-            terms.append(
-                FeatureDistillation("features", student_layer, loss=hint_loss, name="hint")
-            )
-            weights.append(hint_weight)
-        return terms, weights
+        steps = stage.epochs * int(np.ceil(len(self.x_train) / self.config.batch_size))
+        return classification_kd_terms(
+            self.config, steps, student, self._class_indices, lowrank=stage.role is Role.LOWRANK
+        )
 
     def plain(self, model: keras.Model, stage: Stage) -> Training:
         self._compile(model, stage.learning_rate)
@@ -258,38 +230,13 @@ class ClassificationTask(Task):
 
     # --- evaluation ---
 
-    def _accuracy(self, model: keras.Model, x, y, teacher: bool = False) -> float:
-        logits = model.predict(x, batch_size=256, verbose=0)
-        if teacher and self.subset is not None:
-            logits = logits[:, list(self.subset.class_indices)]
-        return float(np.mean(np.argmax(logits, axis=-1) == y))
-
-    @property
-    def _robustness_measured(self) -> bool:
-        return self.config.distill.robust or ROBUST.name in self.config.methods
-
-    def _pgd_accuracy(self, model: keras.Model, teacher: bool = False) -> dict:
-        if not self._robustness_measured:
-            return {}
-        settings = self.config.distill
-        indices = list(self.subset.class_indices) if teacher and self.subset else None
-        accuracy = adversarial_accuracy(
-            model,
-            self.x_test,
-            self.y_test,
-            settings.adversarial_epsilon,
-            steps=10,
-            class_indices=indices,
-        )
-        return {"pgd_accuracy": accuracy}
-
     def evaluate(self, model: keras.Model) -> dict:
-        accuracy = self._accuracy(model, self.x_test, self.y_test)
-        return {"accuracy": accuracy, **self._pgd_accuracy(model)}
+        return evaluation.evaluate_classifier(model, self.x_test, self.y_test, self.config)
 
     def evaluate_teacher(self, teacher: keras.Model) -> dict:
-        accuracy = self._accuracy(teacher, self.x_test, self.y_test, teacher=True)
-        return {"accuracy": accuracy, **self._pgd_accuracy(teacher, teacher=True)}
+        return evaluation.evaluate_classifier(
+            teacher, self.x_test, self.y_test, self.config, self._class_indices
+        )
 
     def evaluate_tflite(self, path: Path) -> dict:
         return {"accuracy": export.evaluate_tflite(path, self.x_test, self.y_test)}
@@ -317,7 +264,7 @@ class ClassificationTask(Task):
         sparsities, accuracies = compress.sparsity_curve(
             student,
             settings.candidates,
-            lambda model: self._accuracy(model, self.x_train, self.y_train),
+            lambda model: evaluation.top1_accuracy(model, self.x_train, self.y_train),
             calibration,
         )
         curve = compress.choose_sparsity(sparsities, accuracies, settings.max_drop)

@@ -14,19 +14,10 @@ from pathlib import Path
 import numpy as np
 import tf_keras as keras
 
-from detection.centernet import CenterNetLoss, build_centernet
-from detection.centernet.centernet_distiller import (
-    CenterNetDistiller,
-    centernet_distillation_terms,
-)
-from detection.data import (
-    CocoDataset,
-    DatasetError,
-    detection_dataset,
-    ensure_shapes_dataset,
-    load_coco_dataset,
-    load_images,
-)
+from detection import data as data_lib
+from detection import distillation, models
+from detection.centernet import CenterNetDistiller, CenterNetLoss
+from detection.data import detection_dataset, load_images
 from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
@@ -34,70 +25,6 @@ from kd_keras import compress
 from kd_keras.methods import BUDGET, PROGRESSIVE
 from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
 from kd_keras.pipeline.fingerprint import file_digest, file_listing
-
-ABLATION = ("heatmap", "box", "hint")
-
-
-def load_data(config) -> tuple[CocoDataset, CocoDataset, str]:
-    """Train and validation sets (generating the built-in one if needed) and a description."""
-    on_error = config.on_bad_annotations
-    if config.data is None:
-        paths = ensure_shapes_dataset(
-            config.builtin_dir,
-            num_train=config.builtin_train,
-            num_val=config.builtin_val,
-            image_size=config.image_size,
-            seed=0,
-        )
-        train = load_coco_dataset(*paths["train"], on_error=on_error)
-        val = load_coco_dataset(*paths["val"], on_error=on_error)
-        return train, val, f"built-in shapes on photos ({config.builtin_dir})"
-    train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
-    if config.val_data is not None:
-        val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)
-        val = val.aligned_to(train)  # class index i means the same category in both
-    else:
-        train, val = _split(train, config.val_fraction, config.seed)
-    if val.num_boxes == 0:
-        raise DatasetError(
-            f"The validation split ({len(val)} images) has no boxes, so AP is undefined. Pass "
-            "val_data/val_annotations with labelled images, or raise val_fraction. "
-            f"Received: val_fraction={config.val_fraction}."
-        )
-    return train, val, f"{config.data} ({config.annotations})"
-
-
-def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDataset, CocoDataset]:
-    """Splits images (not boxes) at random into train and validation sets."""
-    order = np.random.default_rng(seed).permutation(len(dataset.records))
-    count = max(1, int(round(len(order) * fraction)))
-    return dataset.select(sorted(order[count:])), dataset.select(sorted(order[:count]))
-
-
-def detection_kd_terms(settings, total_steps: int, student_layer_name=None, only=None):
-    """The KD terms and weights of `settings` (`distill.*`); `only` keeps one component
-    (`heatmap`, `box` or `hint`), at its configured weight or, when that is off, a standard one."""
-    weights = {
-        "heatmap_weight": settings.heatmap_weight,
-        "size_weight": settings.size_weight,
-        "offset_weight": settings.offset_weight,
-        "hint_weight": settings.hint_weight,
-    }
-    if only is not None:
-        keep = {"heatmap": ("heatmap_weight",), "box": ("size_weight", "offset_weight")}
-        keep["hint"] = ("hint_weight",)
-        standard = {"heatmap_weight": 0.005, "size_weight": 0.1, "offset_weight": 1.0}
-        standard["hint_weight"] = 0.5
-        weights = {k: ((v or standard[k]) if k in keep[only] else 0.0) for k, v in weights.items()}
-    return centernet_distillation_terms(
-        temperature=settings.temperature_schedule(total_steps),
-        positive_retaining=settings.positive_retaining,
-        core_threshold=settings.core_threshold,
-        box_region=settings.box_region,
-        hint_object_weight=settings.hint_object_weight,
-        student_layer_name=student_layer_name,
-        **weights,
-    )
 
 
 class DetectionTask(Task):
@@ -111,7 +38,7 @@ class DetectionTask(Task):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.train, self.val, self._description = load_data(config)
+        self.train, self.val, self._description = data_lib.load_data(config)
         check_batch_size(config.batch_size, len(self.train), "training images")
         self.size = (config.image_size, config.image_size)
         self.val_images = load_images(self.val, self.size)
@@ -160,15 +87,7 @@ class DetectionTask(Task):
             )
 
     def build(self, role: str, name: str, student: Student | None = None) -> keras.Model:
-        size = self.config.teacher_model if role == "teacher" else self.config.student_model
-        return build_centernet(
-            (*self.size, 3),
-            self.train.num_classes,
-            size.backbone,
-            size.width,
-            size.depth,
-            name=name,
-        )
+        return models.build_detector(self.config, role, self.train.num_classes, name)
 
     def students(self) -> list[Student]:
         """The default students, with one per KD part (`ablation`) before the distilled one."""
@@ -181,19 +100,17 @@ class DetectionTask(Task):
                 variant=only,
                 seed=self.config.seed,
             )
-            for only in (ABLATION if self.config.ablation else ())
+            for only in (distillation.ABLATION if self.config.ablation else ())
         ]
         return [scratch, *ablation, distilled, *compact]
 
     def block_boundaries(self, teacher: keras.Model, student: keras.Model):
         """The backbone's stem and its stride-4, 8 and 16 stages."""
-        return [("stem_relu", "stem_relu")] + [
-            (f"stage{index}_out", f"stage{index}_out") for index in (1, 2, 3)
-        ]
+        return models.stage_boundaries()
 
     def budget_scope(self, layer_name: str) -> bool:
         """The budget applies to the backbone (stem and stages), not the neck or heads."""
-        return layer_name.startswith(("stem", "stage"))
+        return models.in_backbone(layer_name)
 
     # --- training ---
 
@@ -222,14 +139,9 @@ class DetectionTask(Task):
 
     def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
         """Heatmap, box and hint KD (`distill.*`); an ablation student keeps one part."""
-        rename = None
-        if compress.is_pruned(student) or compress.is_quantize_aware(student):
-
-            def rename(name):
-                return compress.wrapped_layer_name(student, name)
-
         steps = stage.epochs * self.steps_per_epoch
-        return detection_kd_terms(self.config.distill, steps, rename, stage.variant)
+        rename = distillation.student_layer_name(student)
+        return distillation.detection_kd_terms(self.config.distill, steps, rename, stage.variant)
 
     def data(self, stage: Stage):
         return self._data(), None

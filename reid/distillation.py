@@ -10,7 +10,7 @@ The dynamic temperature of logits KD on the identity classifier is `distill.temp
 
 Both embedding terms read named layers (`teacher_layer` / `student_layer`, `"embedding"` for
 models from `reid.models`), so they compose with `LogitsDistillation(teacher_layer="logits",
-student_layer="logits")` in one `Distiller`.
+student_layer="logits")` in one `Distiller`; `reid_kd_terms` picks a stage's terms and weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras.terms import DistillationTerm
+from kd_keras import compress, schedules
+from kd_keras.terms import DistillationTerm, LogitsDistillation
+from reid.config import DistillSettings
 
 _PACKAGE = "reid"
 
@@ -120,3 +122,43 @@ class ProjectionDistillation(DistillationTerm):
     def compute(self, teacher_output, student_output, labels, temperature):
         projected = _normalize(self.projection(student_output))
         return 1.0 - tf.reduce_sum(projected * _normalize(teacher_output), axis=-1)
+
+
+def reid_kd_terms(
+    settings: DistillSettings,
+    temperature: float | schedules.Schedule,
+    student: keras.Model,
+) -> tuple[list, list]:
+    """Logits KD at `temperature` on the identity classifier, plus embedding KD.
+
+    The embedding term is `settings.embedding_kd` (`similarity` or `projection`) when
+    `embedding_weight > 0`. The student's layers are found by name in a possibly wrapped
+    (pruned, QAT) model.
+
+    Args:
+        settings: the run's `distill` section.
+        temperature: the logits term's temperature, a number or a schedule of the step.
+        student: the student, possibly wrapped for pruning or QAT.
+
+    Returns:
+        `(terms, weights)`: the KD terms and their loss weights, in the same order.
+    """
+
+    def name(layer):
+        return compress.wrapped_layer_name(student, layer)
+
+    terms = [
+        LogitsDistillation(
+            temperature=temperature,
+            teacher_layer="logits",
+            student_layer=name("logits"),
+            name="logits_kd",
+        )
+    ]
+    weights = [settings.logits_weight]
+    if settings.embedding_kd != "none" and settings.embedding_weight > 0:
+        term = {"similarity": SimilarityDistillation, "projection": ProjectionDistillation}
+        layers = "embedding", name("embedding")
+        terms.append(term[settings.embedding_kd](*layers, name="embedding_kd"))
+        weights.append(settings.embedding_weight)
+    return terms, weights

@@ -22,23 +22,14 @@ from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
-from kd_keras.terms import LogitsDistillation
-from reid.distillation import ProjectionDistillation, SimilarityDistillation
+from reid import data as data_lib
+from reid.distillation import reid_kd_terms
 from reid.evaluation import evaluate_dataset, keras_embedder
 from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
-from reid.market1501 import SPLITS, Market1501, list_split, load_market1501
+from reid.market1501 import SPLITS, list_split
 from reid.models import build_reid_model, embedding_model, fold_bnneck
 from reid.sampler import PKSampler, pk_dataset
-from reid.synthetic import MARKER, SyntheticConfig, ensure_synthetic_market1501
-
-
-def load_data(config) -> tuple[Market1501, str]:
-    """The user's Market-1501 folder, or the built-in one (written on first use)."""
-    if config.data is not None:
-        return load_market1501(config.data, config.image_size), config.data
-    root = Path(config.output_dir) / "market1501_synthetic"
-    ensure_synthetic_market1501(root, SyntheticConfig(image_size=config.image_size))
-    return load_market1501(root, config.image_size), f"built-in synthetic ({root})"
+from reid.synthetic import MARKER
 
 
 class ReIDTask(Task):
@@ -53,7 +44,7 @@ class ReIDTask(Task):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        self.data, self.source = load_data(config)
+        self.data, self.source = data_lib.load_data(config)
         self.labels, person_ids = self.data.train.labels()
         self.identities = len(person_ids)
         if self.identities < config.p:
@@ -170,27 +161,8 @@ class ReIDTask(Task):
     def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
         """Logits KD at the student's temperature (1 while compressing), plus embedding KD;
         the student's layers are found by name in a possibly wrapped (pruned, QAT) model."""
-        settings = self.config.distill
         temperature = 1.0 if stage.compressing else stage.variant
-
-        def name(layer):
-            return compress.wrapped_layer_name(student, layer)
-
-        terms = [
-            LogitsDistillation(
-                temperature=temperature,
-                teacher_layer="logits",
-                student_layer=name("logits"),
-                name="logits_kd",
-            )
-        ]
-        weights = [settings.logits_weight]
-        if settings.embedding_kd != "none" and settings.embedding_weight > 0:
-            term = {"similarity": SimilarityDistillation, "projection": ProjectionDistillation}
-            layers = "embedding", name("embedding")
-            terms.append(term[settings.embedding_kd](*layers, name="embedding_kd"))
-            weights.append(settings.embedding_weight)
-        return terms, weights
+        return reid_kd_terms(self.config.distill, temperature, student)
 
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
         config, settings = self.config, self.config.distill

@@ -1,4 +1,7 @@
-"""COCO-format detection data: validated loading, a built-in dataset, augmentation, tf.data."""
+"""COCO-format detection data: validated loading, a built-in dataset, augmentation, tf.data.
+
+`load_data(config)` gives a run's train and validation sets (`detection.data.splits`).
+"""
 
 from detection.data.augmentation import (
     apply_augmentation,
@@ -15,6 +18,7 @@ from detection.data.coco_dataset import (
     load_coco_dataset,
 )
 from detection.data.pipeline import detection_dataset, load_images, read_image
+from detection.data.splits import load_data
 from detection.data.synthetic_shapes import (
     CLASS_NAMES,
     ensure_shapes_dataset,
@@ -35,6 +39,7 @@ __all__ = [
     "ensure_shapes_dataset",
     "generate_shapes_dataset",
     "load_coco_dataset",
+    "load_data",
     "load_images",
     "read_image",
     "sample_colour_factors",

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
+from detection.data import load_data
 from detection.evaluation import evaluate_detector
 from detection.litert import LiteRTDetector
-from detection.task import load_data
 from kd_keras import config as config_lib
 from recipes import detect
 

@@ -1,0 +1,61 @@
+"""The run's train and validation sets from `DetectConfig`: the built-in shapes or COCO files.
+
+The validation set is the user's own (`val_data`, `val_annotations`, aligned to the training
+categories) or a random `val_fraction` of the training images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detection.config import DetectConfig
+from detection.data.coco_dataset import CocoDataset, DatasetError, load_coco_dataset
+from detection.data.synthetic_shapes import ensure_shapes_dataset
+
+
+def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
+    """Train and validation sets (generating the built-in one if needed) and a description.
+
+    Args:
+        config: the run's settings (`data`, `annotations`, `val_*`, `builtin_*`,
+            `on_bad_annotations`).
+
+    Returns:
+        `(train, val, description)`.
+
+    Raises:
+        DatasetError: the validation split has no boxes (or the annotations are refused,
+            see `load_coco_dataset`).
+    """
+    on_error = config.on_bad_annotations
+    if config.data is None:
+        paths = ensure_shapes_dataset(
+            config.builtin_dir,
+            num_train=config.builtin_train,
+            num_val=config.builtin_val,
+            image_size=config.image_size,
+            seed=0,
+        )
+        train = load_coco_dataset(*paths["train"], on_error=on_error)
+        val = load_coco_dataset(*paths["val"], on_error=on_error)
+        return train, val, f"built-in shapes on photos ({config.builtin_dir})"
+    train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
+    if config.val_data is not None:
+        val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)
+        val = val.aligned_to(train)  # class index i means the same category in both
+    else:
+        train, val = _split(train, config.val_fraction, config.seed)
+    if val.num_boxes == 0:
+        raise DatasetError(
+            f"The validation split ({len(val)} images) has no boxes, so AP is undefined. Pass "
+            "val_data/val_annotations with labelled images, or raise val_fraction. "
+            f"Received: val_fraction={config.val_fraction}."
+        )
+    return train, val, f"{config.data} ({config.annotations})"
+
+
+def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDataset, CocoDataset]:
+    """Splits images (not boxes) at random into train and validation sets."""
+    order = np.random.default_rng(seed).permutation(len(dataset.records))
+    count = max(1, int(round(len(order) * fraction)))
+    return dataset.select(sorted(order[count:])), dataset.select(sorted(order[:count]))
