@@ -2,16 +2,17 @@
 
 TF-MOT's public API has no way to list a model's prunable layers, tell a quantization wrapper
 from any layer, or reach the default 8-bit registry; TensorFlow's has no way to freeze a concrete
-function for FLOP counting or to configure the multi-worker coordination service. These come from
-private modules that an upgrade may move: `tests/kd_keras/test_compat.py` imports each one and
-names the one that went. (tf_keras's private graph attributes are read in
-`kd_keras.models.graph`.)
+function for FLOP counting, to turn op determinism off or to configure the multi-worker
+coordination service. These come from private modules that an upgrade may move:
+`tests/kd_keras/test_compat.py` imports each one and names the one that went. (tf_keras's
+private graph attributes are read in `kd_keras.models.graph`.)
 """
 
 from __future__ import annotations
 
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context as eager_context
+from tensorflow.python.framework import config as framework_config
 from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
@@ -32,14 +33,22 @@ USED = (
     (default_8bit_quantize_registry, "Default8BitQuantizeRegistry"),
     (eager_context, "context"),
     (coordination_config_pb2, "CoordinatedJob"),
+    (framework_config, "disable_op_determinism"),
+    (framework_config, "is_op_determinism_enabled"),
 )
+
+# TensorFlow's public API can turn op determinism on but not off, nor say whether it is on.
+disable_op_determinism = framework_config.disable_op_determinism
+is_op_determinism_enabled = framework_config.is_op_determinism_enabled
 
 __all__ = [
     "USED",
     "convert_variables_to_constants_v2",
     "coordination_config_pb2",
     "default_8bit_quantize_registry",
+    "disable_op_determinism",
     "eager_context",
+    "is_op_determinism_enabled",
     "pruning_wrapper",
     "quantize_layer",
     "quantize_wrapper",

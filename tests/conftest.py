@@ -1,5 +1,5 @@
 """Test set-up: two logical CPU devices (for MirroredStrategy tests), small thread pools, and
-the `kd_keras` logger reset after each test."""
+the `kd_keras` logger and TensorFlow's op determinism reset after each test."""
 
 import logging
 import os
@@ -8,6 +8,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 import tensorflow as tf
+
+from kd_keras.pipeline.determinism import set_determinism
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
@@ -24,3 +26,11 @@ def _kd_keras_logger_as_found():
         logger.removeHandler(handler)
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_off_after():
+    """A pipeline run in-process turns op determinism on for its process; a new test starts
+    with it off, as a new process does."""
+    yield
+    set_determinism(False)

@@ -54,7 +54,7 @@ def fit_resumable(
 
 # Config keys that can change between reruns in one output folder without changing what is
 # trained: where results go, how they are tracked, how often latency is timed, whether int8 costs
-# are measured, how many devices share the global batch.
+# are measured, how many devices share the global batch, whether kernels sum in a fixed order.
 RERUN_SAFE_KEYS = (
     "output_dir",
     "tracking",
@@ -63,6 +63,7 @@ RERUN_SAFE_KEYS = (
     "restart",
     "strategy",
     "worker_timeout",
+    "deterministic",
 )
 
 
@@ -183,7 +184,8 @@ def _log_finished(stage: str, record: Mapping) -> None:
 
 
 def training_record(seconds: float, history: Mapping[str, list]) -> dict:
-    """What a stage keeps of its training: wall-clock seconds and the last epoch's loss.
+    """What a stage keeps of its training: wall-clock seconds, the last epoch's loss (rounded)
+    and every epoch's loss (`losses`, as computed).
 
     A distillation whose temperature moves (a `<term>_temperature` metric) also keeps the
     temperature of each epoch, as `temperatures`.
@@ -192,6 +194,7 @@ def training_record(seconds: float, history: Mapping[str, list]) -> dict:
     record = {
         "seconds": round(seconds, 1),
         "loss": None if losses[-1] is None else round(float(losses[-1]), 6),
+        "losses": [float(loss) for loss in history.get("loss", [])],
     }
     temperature = next((key for key in sorted(history) if key.endswith("_temperature")), None)
     if temperature is not None:

@@ -27,6 +27,7 @@ from kd_keras import config as config_lib
 from kd_keras.export import io_json_path, tflite_latency, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.distribute import make_strategy, worker_index
 from kd_keras.pipeline.progress import Heartbeat, log
 from kd_keras.pipeline.reporting import Reporter, with_seed_means
@@ -70,6 +71,7 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
     Every input error is raised here, before any training. Under `multiworker`, a worker other
     than the chief gets its own output folder (`<output_dir>/worker_<index>`) and no tracking.
     """
+    set_determinism(config.deterministic)
     strategy = make_strategy(config.strategy, worker_timeout=config.worker_timeout)
     index = worker_index(strategy)
     if index > 0:
@@ -135,6 +137,7 @@ class _Run:
             "rows": rows,
             **({"seed_runs": seed_runs} if seed_runs else {}),
             "temperatures_per_epoch": temperatures,
+            "epoch_losses": self.epoch_losses(),
             **({"student_details": self.student_details} if self.student_details else {}),
             "compression": compression,
             "reused_stages": self.state.reused,
@@ -147,6 +150,12 @@ class _Run:
             )
             atomic_write_json(output / "report.json", report)
         return report
+
+    def epoch_losses(self) -> dict[str, list[float]]:
+        """Every finished stage's training loss at each epoch, by stage name, in stage order
+        (a stage resumed from its checkpoint lists the epochs after the resume)."""
+        records = {stage: self.state.done(stage) or {} for stage in self.state.finished}
+        return {stage: r["losses"] for stage, r in records.items() if r.get("losses")}
 
     # --- stages ---
 

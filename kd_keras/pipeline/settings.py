@@ -144,6 +144,8 @@ class RunConfig(ConfigModel):
     training step over devices or worker processes (`kd_keras.pipeline.distribute`: `none`,
     `mirrored`, `multiworker` with `TF_CONFIG`). A `multiworker` worker waits `worker_timeout`
     seconds for the others to start, then stops with an error naming those that did not.
+    `deterministic` runs TensorFlow's deterministic kernels, so the same config and seed give
+    the same `report.json` on the same machine (`kd_keras.pipeline.determinism`).
     """
 
     data: str | None = None
@@ -159,6 +161,7 @@ class RunConfig(ConfigModel):
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
     worker_timeout: float = Field(120.0, gt=0)
+    deterministic: bool = True
     tracking: TrackingSettings = TrackingSettings()
 
 

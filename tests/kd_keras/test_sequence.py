@@ -11,10 +11,12 @@ import tf_keras as keras
 from pydantic import Field
 
 from kd_keras import LogitsDistillation, export
+from kd_keras.compat import is_op_determinism_enabled
 from kd_keras.config import from_dict
 from kd_keras.distiller import Distiller
 from kd_keras.methods import Method
 from kd_keras.pipeline import Student, Task, Training, prepare, run_pipeline
+from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.settings import CompressSettings, DistillSettings, ModelSettings, RunConfig
 
 
@@ -144,6 +146,12 @@ def test_stages_run_in_order_and_the_rows_follow_them(toy_run):
     ]
     assert report["student_details"] == {"distilled, two phases": {"phases": 2}}
     assert report["reused_stages"] == []
+    # Every stage's loss at each of its epochs, in stage order, as the stage trained it.
+    losses = report["epoch_losses"]
+    assert list(losses) == [stage["stage"] for stage in state["stages"]]
+    assert [len(epochs) for epochs in losses.values()] == [2, 2, 2, 1, 2, 1, 1]
+    assert all(np.isfinite(loss) and loss > 0 for epochs in losses.values() for loss in epochs)
+    assert losses["qat"][-1] == pytest.approx(report["compression"]["qat_loss"], abs=1e-6)
 
 
 def test_the_exported_row_runs_in_litert_and_matches_its_keras_model(toy_run):
@@ -172,6 +180,7 @@ def test_a_rerun_reuses_every_stage_and_reports_the_same(toy_run):
     for first, second in zip(report["rows"], again["rows"]):
         assert first["model"] == second["model"]
         assert first["accuracy"] == second["accuracy"]
+    assert again["epoch_losses"] == report["epoch_losses"]
 
 
 def test_students_of_other_seeds_count_in_the_means_only(tmp_path):
@@ -194,3 +203,10 @@ def test_students_of_other_seeds_count_in_the_means_only(tmp_path):
         assert row["seeds"] == 2
         assert row["accuracy"] == pytest.approx(np.mean(values))
         assert row["accuracy_std"] == pytest.approx(np.std(values))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_prepare_turns_op_determinism_on_or_off(deterministic, tmp_path):
+    set_determinism(not deterministic)
+    prepare(ToyTask, _config(tmp_path, deterministic=deterministic))
+    assert is_op_determinism_enabled() is deterministic
