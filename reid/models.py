@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras as keras
 
-from kd_keras.models.layers import conv_bn
+from kd_keras.models.layers import batch_norm, conv_bn
 
 BACKBONES = ("resnet", "mobilenet")
 STAGE_FILTERS = (32, 64, 128)
@@ -42,7 +42,7 @@ def _separable_block(x, filters: int, stride: int, name: str):
     x = keras.layers.DepthwiseConv2D(
         3, stride, padding="same", use_bias=False, name=f"{name}_dw_conv"
     )(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_dw_bn")(x)
+    x = batch_norm(f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(name=f"{name}_dw_relu")(x)
     return conv_bn(x, filters, 1, 1, f"{name}_pw")
 
@@ -111,7 +111,7 @@ def build_reid_model(
     x = build_backbone(inputs, backbone, width, blocks_per_stage)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     features = keras.layers.Dense(embedding_dim, name=FEATURES)(x)
-    embedding = keras.layers.BatchNormalization(momentum=0.9, name=EMBEDDING)(features)
+    embedding = batch_norm(EMBEDDING)(features)
     logits = keras.layers.Dense(num_identities, use_bias=False, name=LOGITS)(embedding)
     return keras.Model(inputs, [features, logits], name=name)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras.models.layers import conv_bn
+from kd_keras.models.layers import batch_norm, conv_bn
 
 BACKBONES = ("resnet", "mobilenet")
 # Channels of the stem and of the stride-4, 8 and 16 stages at width 1.
@@ -45,7 +45,7 @@ def _inverted_residual(x, filters, strides, expansion, name):
     y = keras.layers.DepthwiseConv2D(
         3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
     )(y)
-    y = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_dw_bn")(y)
+    y = batch_norm(f"{name}_dw_bn")(y)
     y = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(y)
     y = conv_bn(y, filters, 1, 1, f"{name}_project", activation=None)
     if strides == 1 and inputs.shape[-1] == filters:

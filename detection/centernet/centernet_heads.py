@@ -6,6 +6,8 @@ import math
 
 import tf_keras as keras
 
+from kd_keras.models.layers import batch_norm
+
 HEAD_NAMES = ("heatmap", "size", "offset")
 
 
@@ -36,7 +38,7 @@ def upsampling_neck(features, channels: int):
         x = keras.layers.Conv2D(
             channels, 3, padding="same", use_bias=False, name=f"smooth{stride}_conv"
         )(x)
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"smooth{stride}_bn")(x)
+        x = batch_norm(f"smooth{stride}_bn")(x)
         x = keras.layers.ReLU(name=f"smooth{stride}_relu")(x)
     return keras.layers.Activation("linear", name="neck")(x)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import tf_keras as keras
 
+from kd_keras.models.layers import batch_norm
 from kd_keras.models.lma import LMA
 
 BASE_FILTERS = (32, 64, 128)
@@ -64,7 +65,7 @@ def build_cnn_classifier(
             x = keras.layers.Conv2D(
                 channels, 3, padding="same", use_bias=False, name=f"{prefix}_conv"
             )(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, name=f"{prefix}_bn")(x)
+            x = batch_norm(f"{prefix}_bn")(x)
             if activation == "lma":
                 x = LMA(name=f"{prefix}_lma")(x)
             else:

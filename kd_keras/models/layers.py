@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import tensorflow as tf
 import tf_keras as keras
 
 ACTIVATIONS = ("relu", "relu6", None)
+
+
+def batch_norm(name: str) -> keras.layers.BatchNormalization:
+    """A BatchNormalization layer (momentum 0.9) whose training statistics span the global batch.
+
+    Built under a strategy with several replicas (`--strategy mirrored` or `multiworker`), it is
+    `synchronized`: each step's mean and variance are all-reduced over every replica, so a
+    replica normalises its share of the batch as one process normalises the whole batch. Built
+    anywhere else, it is the plain layer.
+    """
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return keras.layers.BatchNormalization(momentum=0.9, name=name, synchronized=replicas > 1)
 
 
 def conv_bn(x, filters: int, kernel: int, strides: int, name: str, activation: str | None = "relu"):
@@ -18,10 +31,10 @@ def conv_bn(x, filters: int, kernel: int, strides: int, name: str, activation: s
     x = keras.layers.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     if activation is None:
         return x
     return keras.layers.ReLU(6.0 if activation == "relu6" else None, name=f"{name}_relu")(x)
 
 
-__all__ = ["conv_bn"]
+__all__ = ["batch_norm", "conv_bn"]
