@@ -88,6 +88,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
     from detection.config import DetectConfig
     from detection.task import DetectionTask
     from kd_keras import config as config_lib
+    from kd_keras import stats
     from kd_keras.pipeline import prepare, run_pipeline
 
     runs = []
@@ -118,12 +119,21 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
             "AP": values,
             "AP50_mean": statistics.fmean(run[name]["AP50"] for run in runs),
         }
-    margins = [r["student (distilled)"]["AP"] - r["student (scratch)"]["AP"] for r in runs]
+    distilled = [r["student (distilled)"]["AP"] for r in runs]
+    scratch = [r["student (scratch)"]["AP"] for r in runs]
+    margins = [d - s for d, s in zip(distilled, scratch)]
+    teachers = [r["teacher"]["AP"] for r in runs]
+    gain = {}
+    if len(runs) >= 2:
+        gain["difference"] = stats.paired_difference(distilled, scratch).as_dict()
+        if all(t > s for t, s in zip(teachers, scratch)):
+            gain["gap_closed"] = stats.gap_closed(distilled, scratch, teachers).as_dict()
     int8 = [r["student (int8 TFLite, LiteRT)"]["AP"] - r["student (distilled)"]["AP"] for r in runs]
     return {
         "seeds": list(seeds),
         "table": table,
         "full_kd_minus_scratch_AP": margins,
+        "kd_gain": gain,
         "int8_minus_float_AP": int8,
         "latency_ms": {
             "teacher float32": runs[0]["teacher"]["latency_ms"],
@@ -149,6 +159,7 @@ def main() -> None:
 
     from detection.config import DetectConfig
     from kd_keras import config as config_lib
+    from kd_keras.stats import interval_text
 
     overrides = {"tracking": {"enabled": False}, "teacher": args.teacher}
     if args.epochs is not None:
@@ -176,6 +187,13 @@ def main() -> None:
             f"{[round(m, 3) for m in margins]}; mean {statistics.fmean(margins):+.3f}, "
             f"KD ahead on {sum(m > 0 for m in margins)} of {len(margins)} seeds"
         )
+        gain = result["ablation"]["kd_gain"]
+        if gain:
+            print(f"full KD − scratch AP, paired: {interval_text(gain['difference'])}")
+            if "gap_closed" in gain:
+                print(f"teacher–scratch gap closed: {interval_text(gain['gap_closed'])}")
+        else:
+            print("(one seed: no paired interval; pass --seeds with at least 2, 5 for a claim)")
         int8 = result["ablation"]["int8_minus_float_AP"]
         print(f"int8 − float student AP: {[round(m, 3) for m in int8]}")
         latency = result["ablation"]["latency_ms"]

@@ -28,6 +28,7 @@ from kd_keras.export import tflite_latency, to_tflite
 from kd_keras.io import atomic_write_json
 from kd_keras.pipeline import prepare, run_pipeline
 from kd_keras.pipeline.reporting import format_table
+from kd_keras.stats import interval_text
 from reid.config import ReIDConfig
 from reid.evaluation import evaluate_ranking, pairwise_distances
 from reid.models import embedding_model
@@ -72,6 +73,21 @@ def _ablation(report: dict) -> list[dict]:
             entry[f"{key}_per_seed"] = [round(float(v), 4) for v in values]
         rows.append(entry)
     return rows
+
+
+def print_kd_gains(report: dict) -> None:
+    """Each distilled student minus scratch on mAP, paired by seed, and the gap it closes."""
+    gains = report.get("kd_gain", {})
+    if not gains:
+        print("(one seed: no paired interval; pass --seeds with at least 2, 5 for a claim)")
+    for label, gain in gains.items():
+        difference = gain["difference"]
+        print(
+            f"  {label} − scratch, {gain['metric']}: {interval_text(difference)}; interval above "
+            f"zero: {difference['low'] > 0}"
+        )
+        if "gap_closed" in gain:
+            print(f"    teacher–scratch gap closed: {interval_text(gain['gap_closed'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, passed in checks.items():
         print(f"  {'PASS' if passed else 'MISS'}  {name}")
+    print_kd_gains(report)
     print(f"(recipe wall clock {recipe_seconds:.0f} s)")
 
     print("\n== LiteRT embedding latency (1 image, 1 thread) ==")

@@ -15,10 +15,12 @@ Where things are, one hop from here:
                           roles, students, methods), and its own pieces: resumable stages,
                           `run_state` and `fingerprint` (what an output folder holds, of what
                           data), `divergence` (the NaN guard), `distribute` (strategies by
-                          name), `settings` (the config sections recipes share), `progress`
-                          (stage and epoch lines), `reporting` (tables)
+                          name), `determinism` (same seed, same numbers), `settings` (the
+                          config sections recipes share), `progress` (stage and epoch lines),
+                          `reporting` (tables, seed means, KD gains)
     kd_keras.tracking     MLflow runs, the LiteRT pyfunc model, registry aliases, promotion
     kd_keras.config       typed YAML configs: safe loading, overrides, errors naming the key
+    kd_keras.stats        paired differences over seeds with confidence intervals, gap closed
 """
 
 from kd_keras import losses, schedules

@@ -11,6 +11,7 @@ import numpy as np
 import tf_keras as keras
 
 from kd_keras import config as config_lib
+from kd_keras import stats
 from kd_keras.export import tflite_latency, tflite_size, to_tflite
 from kd_keras.pipeline.progress import Heartbeat, format_metrics, log
 from kd_keras.pipeline.task import Stage, Task
@@ -133,6 +134,16 @@ class Reporter:
             "complete": record.complete,
         }
 
+    def kd_gains(self, runs: list[dict], teacher_row: dict) -> dict:
+        """`{"kd_gain": ...}` when students ran over several seeds (see `kd_gains`): each
+        distilled student against the scratch baseline (the first undistilled student) on the
+        task's headline metric; `{}` otherwise."""
+        scratch = next((run["model"] for run in runs if not run.get("distilled")), None)
+        if scratch is None:
+            return {}
+        gains = kd_gains(runs, teacher_row, scratch, self.task.headline)
+        return {"kd_gain": gains} if gains else {}
+
     def int8_cost(self, label: str, model: keras.Model) -> dict:
         """`int8_bytes` and `int8_latency_ms` (LiteRT) of `model` quantized after training.
 
@@ -158,6 +169,30 @@ class Reporter:
             "int8_bytes": len(flatbuffer),
             "int8_latency_ms": tflite_latency(flatbuffer, runs=self.config.latency_runs),
         }
+
+
+def kd_gains(runs: list[dict], teacher_row: dict, scratch: str, headline: str) -> dict:
+    """Per distilled student over the seeds of `runs`: distilled − `scratch` on `headline`
+    (paired by seed, `kd_keras.stats.paired_difference`) and the fraction of the teacher–scratch
+    gap closed (`gap_closed`, omitted when the teacher is not above scratch in every seed)."""
+    by_seed: dict[int, dict[str, dict]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], {})[run["model"]] = run
+    seeds = [seed for seed, models in by_seed.items() if scratch in models]
+    if len(seeds) < 2:
+        return {}
+    base = [by_seed[seed][scratch][headline] for seed in seeds]
+    teacher = teacher_row[headline]
+    gains = {}
+    for label in dict.fromkeys(r["model"] for r in runs if r.get("distilled")):
+        if not all(label in by_seed[seed] for seed in seeds):
+            continue
+        values = [by_seed[seed][label][headline] for seed in seeds]
+        gain = {"metric": headline, "difference": stats.paired_difference(values, base).as_dict()}
+        if all(teacher > b for b in base):
+            gain["gap_closed"] = stats.gap_closed(values, base, teacher).as_dict()
+        gains[label] = gain
+    return gains
 
 
 def with_seed_means(rows: list[dict], runs: list[dict], keys) -> list[dict]:
@@ -208,4 +243,4 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
     return "\n".join(rendered)
 
 
-__all__ = ["Reporter", "format_table", "metrics_text", "with_seed_means"]
+__all__ = ["Reporter", "format_table", "kd_gains", "metrics_text", "with_seed_means"]

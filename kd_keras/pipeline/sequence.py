@@ -136,6 +136,7 @@ class _Run:
             **self.task.summary(),
             "rows": rows,
             **({"seed_runs": seed_runs} if seed_runs else {}),
+            **self.reporter.kd_gains(seed_runs, teacher_row),
             "temperatures_per_epoch": temperatures,
             "epoch_losses": self.epoch_losses(),
             **({"student_details": self.student_details} if self.student_details else {}),
@@ -221,7 +222,7 @@ class _Run:
             model, trained = reuse_or_train(self.state, spec.stage, path, train)
             label = f"student ({spec.label})"
             row = self.reporter.keras_row(label, model, trained, task.evaluate(model))
-            runs.append({"seed": spec.seed, **row})
+            runs.append({"seed": spec.seed, "distilled": spec.distilled, **row})
             if spec.tabled:
                 flatbuffer = to_tflite(task.deployable(model), "float32")
                 row["latency_ms"] = tflite_latency(flatbuffer, runs=config.latency_runs)

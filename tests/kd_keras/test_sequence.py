@@ -203,6 +203,16 @@ def test_students_of_other_seeds_count_in_the_means_only(tmp_path):
         assert row["seeds"] == 2
         assert row["accuracy"] == pytest.approx(np.mean(values))
         assert row["accuracy_std"] == pytest.approx(np.std(values))
+    # The distilled student against scratch, paired by seed, on the headline metric.
+    gain = report["kd_gain"]["student (distilled)"]
+    by_model = {(run["model"], run["seed"]): run["accuracy"] for run in runs}
+    expected = [
+        by_model["student (distilled)", s] - by_model["student (scratch)", s] for s in (0, 7)
+    ]
+    assert gain["metric"] == "accuracy"
+    assert gain["difference"]["values"] == pytest.approx(expected)
+    assert gain["difference"]["seeds"] == 2
+    assert gain["difference"]["low"] <= gain["difference"]["mean"] <= gain["difference"]["high"]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
