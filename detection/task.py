@@ -16,7 +16,7 @@ import tf_keras as keras
 
 from detection import data as data_lib
 from detection import distillation, models
-from detection.centernet import CenterNetDistiller, CenterNetLoss
+from detection.centernet import OUTPUT_STRIDE, CenterNetDistiller, CenterNetLoss
 from detection.data import detection_dataset, load_images
 from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
@@ -25,6 +25,7 @@ from kd_keras import compress
 from kd_keras.methods import BUDGET, PROGRESSIVE
 from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
 from kd_keras.pipeline.fingerprint import file_digest, file_listing
+from kd_keras.pipeline.progress import log
 
 
 class DetectionTask(Task):
@@ -43,6 +44,9 @@ class DetectionTask(Task):
         self.size = (config.image_size, config.image_size)
         self.val_images = load_images(self.val, self.size)
         self.steps_per_epoch = max(1, len(self.train) // config.batch_size)
+        warning = data_lib.small_object_warning(self.train, config.image_size, OUTPUT_STRIDE)
+        if warning is not None:
+            log.warning(warning)
 
     @property
     def description(self) -> str:

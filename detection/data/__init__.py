@@ -18,7 +18,7 @@ from detection.data.coco_dataset import (
     load_coco_dataset,
 )
 from detection.data.pipeline import detection_dataset, load_images, read_image
-from detection.data.splits import load_data
+from detection.data.splits import load_data, median_box_cells, small_object_warning
 from detection.data.synthetic_shapes import (
     CLASS_NAMES,
     ensure_shapes_dataset,
@@ -41,6 +41,8 @@ __all__ = [
     "load_coco_dataset",
     "load_data",
     "load_images",
+    "median_box_cells",
     "read_image",
     "sample_colour_factors",
+    "small_object_warning",
 ]

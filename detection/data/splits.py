@@ -54,6 +54,35 @@ def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
     return train, val, f"{config.data} ({config.annotations})"
 
 
+#: Fewer output cells than this across the median box and CenterNet has little to learn from.
+MIN_BOX_CELLS = 3.0
+
+
+def median_box_cells(dataset: CocoDataset, image_size: int, stride: int) -> float | None:
+    """The median box's shorter side, in output cells, once images are resized to `image_size`;
+    None for a dataset with no boxes."""
+    sides = []
+    for record in dataset.records:
+        if len(record.boxes):
+            scale = np.array([image_size / record.width, image_size / record.height])
+            sizes = (record.boxes[:, 2:4] - record.boxes[:, 0:2]) * scale  # resized w, h
+            sides.extend(np.min(sizes, axis=1) / stride)
+    return float(np.median(sides)) if sides else None
+
+
+def small_object_warning(dataset: CocoDataset, image_size: int, stride: int) -> str | None:
+    """A warning when the median box covers fewer than `MIN_BOX_CELLS` output cells across."""
+    cells = median_box_cells(dataset, image_size, stride)
+    if cells is None or cells >= MIN_BOX_CELLS:
+        return None
+    enough = int(np.ceil(image_size * MIN_BOX_CELLS / cells / 16) * 16)
+    return (
+        f"The median training box is {cells:.1f} output cells across at image_size={image_size} "
+        f"(stride {stride}); below {MIN_BOX_CELLS:g} cells the heatmaps barely resolve objects. "
+        f"Raise image_size (about {enough} gives {MIN_BOX_CELLS:g} cells), or crop the images."
+    )
+
+
 def _split(dataset: CocoDataset, fraction: float, seed: int) -> tuple[CocoDataset, CocoDataset]:
     """Splits images (not boxes) at random into train and validation sets."""
     order = np.random.default_rng(seed).permutation(len(dataset.records))

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,27 @@ def test_training_batches_repeat_for_the_same_seed(shapes):
     assert not np.array_equal(first[0], first[3])
     other = _two_epochs(dataset, seed=6)
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def _boxes_dataset(sides):
+    """200×200 images, one square box of each side (pixels)."""
+    from detection.data.coco_dataset import CocoDataset, ImageRecord
+
+    records = [
+        ImageRecord(i, Path(f"{i}.jpg"), 200, 200, np.array([[10, 10, 10 + s, 10 + s]], np.float32),
+                    np.array([0]))
+        for i, s in enumerate(sides)
+    ]  # fmt: skip
+    return CocoDataset(records, (1,), ("thing",), None, [], Path("instances.json"))
+
+
+def test_small_boxes_get_a_warning_naming_an_image_size_that_resolves_them():
+    from detection.data import median_box_cells, small_object_warning
+
+    dense = _boxes_dataset([30, 40, 50])  # median 40 px of 200: 12.8 px at 64, 3.2 cells
+    assert median_box_cells(dense, 64, 4) == pytest.approx(3.2)
+    assert small_object_warning(dense, 64, 4) is None
+    warning = small_object_warning(dense, 32, 4)  # 1.6 cells
+    assert "1.6 output cells across at image_size=32" in warning
+    assert "about 64 gives 3 cells" in warning
+    assert median_box_cells(_boxes_dataset([]), 64, 4) is None
