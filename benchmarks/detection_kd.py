@@ -123,11 +123,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
     scratch = [r["student (scratch)"]["AP"] for r in runs]
     margins = [d - s for d, s in zip(distilled, scratch)]
     teachers = [r["teacher"]["AP"] for r in runs]
-    gain = {}
-    if len(runs) >= 2:
-        gain["difference"] = stats.paired_difference(distilled, scratch).as_dict()
-        if all(t > s for t, s in zip(teachers, scratch)):
-            gain["gap_closed"] = stats.gap_closed(distilled, scratch, teachers).as_dict()
+    gain = stats.kd_gain(distilled, scratch, teachers) if len(runs) >= 2 else {}
     int8 = [r["student (int8 TFLite, LiteRT)"]["AP"] - r["student (distilled)"]["AP"] for r in runs]
     return {
         "seeds": list(seeds),

@@ -123,10 +123,26 @@ def gap_closed(
     return mean_interval(fractions, confidence)
 
 
+def kd_gain(
+    distilled: Sequence[float],
+    scratch: Sequence[float],
+    teacher: Sequence[float] | float,
+    confidence: float = 0.95,
+) -> dict:
+    """A report's KD gain: `difference` (distilled − scratch, paired by seed) and, when the
+    teacher is above scratch in every seed, `gap_closed`; each a `PairedDifference.as_dict()`."""
+    gain = {"difference": paired_difference(distilled, scratch, confidence).as_dict()}
+    teachers = [float(teacher)] * len(scratch) if isinstance(teacher, int | float) else teacher
+    if all(t > b for t, b in zip(teachers, scratch)):
+        gain["gap_closed"] = gap_closed(distilled, scratch, teachers, confidence).as_dict()
+    return gain
+
+
 __all__ = [
     "PairedDifference",
     "gap_closed",
     "interval_text",
+    "kd_gain",
     "mean_interval",
     "paired_difference",
 ]

@@ -172,9 +172,8 @@ class Reporter:
 
 
 def kd_gains(runs: list[dict], teacher_row: dict, scratch: str, headline: str) -> dict:
-    """Per distilled student over the seeds of `runs`: distilled − `scratch` on `headline`
-    (paired by seed, `kd_keras.stats.paired_difference`) and the fraction of the teacher–scratch
-    gap closed (`gap_closed`, omitted when the teacher is not above scratch in every seed)."""
+    """Per distilled student over the seeds of `runs`: `kd_keras.stats.kd_gain` on `headline`
+    against `scratch` (the paired difference, and the teacher–scratch gap closed)."""
     by_seed: dict[int, dict[str, dict]] = {}
     for run in runs:
         by_seed.setdefault(run["seed"], {})[run["model"]] = run
@@ -182,16 +181,12 @@ def kd_gains(runs: list[dict], teacher_row: dict, scratch: str, headline: str) -
     if len(seeds) < 2:
         return {}
     base = [by_seed[seed][scratch][headline] for seed in seeds]
-    teacher = teacher_row[headline]
     gains = {}
     for label in dict.fromkeys(r["model"] for r in runs if r.get("distilled")):
-        if not all(label in by_seed[seed] for seed in seeds):
-            continue
-        values = [by_seed[seed][label][headline] for seed in seeds]
-        gain = {"metric": headline, "difference": stats.paired_difference(values, base).as_dict()}
-        if all(teacher > b for b in base):
-            gain["gap_closed"] = stats.gap_closed(values, base, teacher).as_dict()
-        gains[label] = gain
+        if all(label in by_seed[seed] for seed in seeds):
+            values = [by_seed[seed][label][headline] for seed in seeds]
+            gain = stats.kd_gain(values, base, teacher_row[headline])
+            gains[label] = {"metric": headline, **gain}
     return gains
 
 

@@ -28,3 +28,12 @@ def test_one_seed_or_unpaired_values_are_refused():
         mean_interval([0.1])
     with pytest.raises(ValueError, match="one treated and one baseline value per seed"):
         paired_difference([0.1, 0.2], [0.1])
+
+
+def test_kd_gain_has_the_gap_only_where_the_teacher_is_above_scratch():
+    from kd_keras.stats import kd_gain
+
+    gain = kd_gain([0.6, 0.7], [0.4, 0.5], 0.8)
+    assert gain["difference"]["values"] == pytest.approx([0.2, 0.2])
+    assert gain["gap_closed"]["values"] == pytest.approx([0.5, 2 / 3])
+    assert "gap_closed" not in kd_gain([0.6, 0.7], [0.4, 0.9], [0.8, 0.8])
