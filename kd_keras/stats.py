@@ -109,7 +109,7 @@ def gap_closed(
     Raises:
         ValueError: in some seed the teacher is not above the scratch student (no gap to close).
     """
-    teachers = [float(teacher)] * len(scratch) if isinstance(teacher, int | float) else teacher
+    teachers = _per_seed(teacher, len(scratch))
     if len(student) != len(scratch) or len(teachers) != len(scratch):
         raise ValueError("Expected one student, scratch and teacher value per seed.")
     fractions = []
@@ -132,10 +132,17 @@ def kd_gain(
     """A report's KD gain: `difference` (distilled − scratch, paired by seed) and, when the
     teacher is above scratch in every seed, `gap_closed`; each a `PairedDifference.as_dict()`."""
     gain = {"difference": paired_difference(distilled, scratch, confidence).as_dict()}
-    teachers = [float(teacher)] * len(scratch) if isinstance(teacher, int | float) else teacher
+    teachers = _per_seed(teacher, len(scratch))
     if all(t > b for t, b in zip(teachers, scratch)):
         gain["gap_closed"] = gap_closed(distilled, scratch, teachers, confidence).as_dict()
     return gain
+
+
+def _per_seed(teacher: Sequence[float] | float, seeds: int) -> list[float]:
+    """One teacher value per seed: a shared teacher's value repeated, or the values given."""
+    if isinstance(teacher, int | float):
+        return [float(teacher)] * seeds
+    return [float(t) for t in teacher]
 
 
 __all__ = [
