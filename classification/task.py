@@ -20,6 +20,7 @@ from classification.distillation import classification_kd_terms
 from classification.subset import ClassSubset, save_class_mapping
 from kd_keras import compress, export
 from kd_keras.distiller import Distiller
+from kd_keras.images import read_resized
 from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
 from kd_keras.methods.adversarial import AdversarialDistiller
 from kd_keras.models.graph import output_layer
@@ -56,6 +57,11 @@ class ClassificationTask(Task):
             self.x_test, self.y_test = self.subset.select(self.test.x, self.test.y)
             self._check_subset(self.train.num_classes)
         self.augmentation = data_lib.random_shift(1, config.seed) if config.augment else None
+
+    def read_unlabeled(self, path: Path) -> np.ndarray:
+        """An unlabelled image as the training inputs: resized to `image_size`², in [0, 1]."""
+        height, width, channels = self.train.input_shape
+        return read_resized(path, (height, width), channels).astype(np.float32) / 255.0
 
     # --- data and models ---
 
@@ -168,7 +174,8 @@ class ClassificationTask(Task):
         """Hinton soft targets (on the subset's classes with `classes`), plus a FitNet hint on
         `features` when `hint_weight > 0`, or a cross-entropy one while a factored student
         recovers (knowledge pre-regression)."""
-        steps = stage.epochs * int(np.ceil(len(self.x_train) / self.config.batch_size))
+        batches = int(np.ceil(len(self.x_train) / self.config.batch_size))
+        steps = stage.epochs * self.batches_per_epoch(batches)
         return classification_kd_terms(
             self.config, steps, student, self._class_indices, lowrank=stage.role is Role.LOWRANK
         )
@@ -198,6 +205,11 @@ class ClassificationTask(Task):
             data = offline.offline_dataset(
                 self.x_train, self.y_train, cache, config.batch_size, seed=config.seed
             )
+            pool_outputs = None
+            if self.unlabeled is not None:
+                pool = offline.compute_teacher_outputs(teacher, self.unlabeled.images)
+                pool_outputs = pool.outputs
+            data = self.with_unlabeled(data, stage, teacher_outputs=pool_outputs)
         elif stage.method == ROBUST or (settings.robust and stage.method is None):
             distiller = AdversarialDistiller(
                 teacher,
@@ -209,10 +221,10 @@ class ClassificationTask(Task):
                 steps=settings.adversarial_steps,
                 adversarial_weight=settings.adversarial_weight,
             )
-            data, _ = self.data(stage)
+            data = self.with_unlabeled(self.data(stage)[0], stage)
         else:
             distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
-            data, _ = self.data(stage)
+            data = self.with_unlabeled(self.data(stage)[0], stage)
         self._compile(distiller, stage.learning_rate)
         return Training(distiller, data)
 

@@ -49,7 +49,8 @@ class DetectConfig(shared.RunConfig):
     """Everything `recipes.detect` does; defaults reproduce the built-in run.
 
     `data` + `annotations` are a COCO images folder and instances JSON (null: the built-in
-    shapes, `builtin_train` + `builtin_val` images written to `builtin_dir`).
+    shapes, `builtin_train` + `builtin_val` images written to `builtin_dir`; with
+    `unlabeled_data: builtin` also `builtin_unlabeled` images without annotations).
     Each of `methods` adds a student row distilled with that compact-student method: `budget`
     (per-conv backbone widths learned to fit `budget`) or `progressive` (the backbone's stages
     learn the teacher's one at a time, see `progressive`).
@@ -63,6 +64,7 @@ class DetectConfig(shared.RunConfig):
     builtin_dir: str = "runs/detect_data/shapes"
     builtin_train: int = Field(480, ge=1)
     builtin_val: int = Field(120, ge=1)
+    builtin_unlabeled: int = Field(1440, ge=1)
     image_size: int = 128
     augment: bool = True
     batch_size: int = Field(16, ge=1)

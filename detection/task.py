@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import tf_keras as keras
 
@@ -18,10 +19,12 @@ from detection import data as data_lib
 from detection import distillation, models
 from detection.centernet import OUTPUT_STRIDE, CenterNetDistiller, CenterNetLoss
 from detection.data import detection_dataset, load_images
+from detection.data.synthetic_shapes import UNLABELED
 from detection.evaluation import evaluate_detector, keras_predictor
 from detection.litert import LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
+from kd_keras.images import read_image
 from kd_keras.methods import BUDGET, PROGRESSIVE
 from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
 from kd_keras.pipeline.fingerprint import file_digest, file_listing
@@ -47,6 +50,19 @@ class DetectionTask(Task):
         warning = data_lib.small_object_warning(self.train, config.image_size, OUTPUT_STRIDE)
         if warning is not None:
             log.warning(warning)
+
+    def read_unlabeled(self, path: Path) -> np.ndarray:
+        """An unlabelled image as the training inputs: resized to `image_size`², in [0, 1]."""
+        image = read_image(path)
+        if image.shape[:2] != self.size:
+            image = cv2.resize(image, self.size[::-1], interpolation=cv2.INTER_AREA)
+        return image.astype(np.float32) / 255.0
+
+    def builtin_unlabeled(self) -> Path:
+        """The built-in shapes' `unlabeled/` images."""
+        if self.config.data is not None:
+            return super().builtin_unlabeled()
+        return Path(self.config.builtin_dir) / UNLABELED
 
     @property
     def description(self) -> str:
@@ -130,8 +146,10 @@ class DetectionTask(Task):
             seed=config.seed,
         )
 
-    def _decaying(self, learning_rate: float, epochs: int) -> keras.optimizers.Optimizer:
-        steps = max(1, epochs * self.steps_per_epoch)
+    def _decaying(
+        self, learning_rate: float, epochs: int, steps_per_epoch: int | None = None
+    ) -> keras.optimizers.Optimizer:
+        steps = max(1, epochs * (steps_per_epoch or self.steps_per_epoch))
         decay = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
         return keras.optimizers.Adam(decay)
 
@@ -143,7 +161,7 @@ class DetectionTask(Task):
 
     def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
         """Heatmap, box and hint KD (`distill.*`); an ablation student keeps one part."""
-        steps = stage.epochs * self.steps_per_epoch
+        steps = stage.epochs * self.batches_per_epoch(self.steps_per_epoch)
         rename = distillation.student_layer_name(student)
         return distillation.detection_kd_terms(self.config.distill, steps, rename, stage.variant)
 
@@ -157,11 +175,12 @@ class DetectionTask(Task):
         distiller = CenterNetDistiller(
             teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
         )
+        steps = self.batches_per_epoch(self.steps_per_epoch)
         if stage.compressing:
             distiller.compile(keras.optimizers.Adam(stage.learning_rate))
         else:
-            distiller.compile(self._decaying(stage.learning_rate, stage.epochs))
-        return Training(distiller, self._data())
+            distiller.compile(self._decaying(stage.learning_rate, stage.epochs, steps))
+        return Training(distiller, self.with_unlabeled(self._data(), stage, self.steps_per_epoch))
 
     # --- evaluation ---
 

@@ -11,6 +11,7 @@ Where things are, one hop from here:
     kd_keras.export       TFLite conversion; LiteRT evaluation, parity, latency
     kd_keras.models       reference CNN, LMA activation, safe model loading, layer inspection
     kd_keras.images       the image reader every task uses (as displayed, 8 bits, any format)
+    kd_keras.unlabeled    unlabelled image folders, mixed into the labelled batches for KD
     kd_keras.pipeline     the stage sequence (`run_pipeline`), the `Task` contract (stages,
                           roles, students, methods), and its own pieces: resumable stages,
                           `run_state` and `fingerprint` (what an output folder holds, of what

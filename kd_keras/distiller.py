@@ -58,6 +58,11 @@ class Distiller(keras.Model):
         student_loss_weight: weight (number or `Schedule`) of the task loss given to `compile`.
         teacher_output_shape: offline only: shape of one cached teacher output, without the batch.
 
+    Data: `x`, `(x, y)` or `(x, y, weight)`; offline `(x, y, teacher_outputs[, weight])`.
+    `weight` (`[batch]`) weighs each example's task loss and metrics, never the KD terms: an
+    unlabelled example (weight 0, any stand-in label) learns from the teacher alone
+    (`kd_keras.unlabeled`).
+
     Metrics: `student_loss`, `distillation_loss`, `total_loss` (alias `loss`), one
     `<term>_loss` per term when there are several, and `<term>_temperature` for terms with one.
 
@@ -177,8 +182,11 @@ class Distiller(keras.Model):
         """As `keras.Model.compile`; `loss` is the student's task loss on `(y, student(x))`.
 
         `loss=None` trains on the distillation terms only (the student weight is then ignored).
-        Metrics are computed on the student's predictions.
+        Metrics are computed on the student's predictions, weighted by the examples' weights
+        (so an unlabelled example counts in none of them).
         """
+        if metrics is not None and kwargs.get("weighted_metrics") is None:
+            kwargs["weighted_metrics"], metrics = metrics, None
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
         self.student_loss = None if loss is None else _per_example_loss(loss)
         self._student_loss_argument = loss
@@ -242,13 +250,16 @@ class Distiller(keras.Model):
             return [cached] * len(self.distillation_losses)
         return _as_list(self._teacher_features(x, training=False))
 
-    def _combined(self, student_loss, term_losses):
+    def _combined(self, student_loss, term_losses, weight=None):
+        """Per-example `(total, distillation)`; `weight` weighs the task loss of each example."""
         step = self.distillation_step
         distillation = tf.add_n(
             [w(step) * loss for w, loss in zip(self.distillation_loss_weights, term_losses)]
         )
         if student_loss is None:
             return distillation, distillation
+        if weight is not None:
+            student_loss = tf.cast(weight, tf.float32) * student_loss
         return self.student_loss_weight(step) * student_loss + distillation, distillation
 
     def _batch_loss(self, total):
@@ -264,31 +275,31 @@ class Distiller(keras.Model):
         return loss
 
     def train_step(self, data):
-        x, y, teacher_outputs = self._unpack(data)
+        x, y, teacher_outputs, weight = self._unpack(data)
         # The frozen teacher runs outside the tape: nothing of it is recorded for backprop.
         teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         with tf.GradientTape() as tape:
             prediction, student_loss, term_losses, temperatures = self.batch_losses(
                 x, y, teacher_outputs, training=True
             )
-            total, distillation = self._combined(student_loss, term_losses)
+            total, distillation = self._combined(student_loss, term_losses, weight)
             loss = self._batch_loss(total)
         # `minimize` lets a `LossScaleOptimizer` (mixed precision) scale the loss before the
         # gradient and unscale the gradients after it; other optimizers just apply the gradients.
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return self._update_metrics(
-            y, prediction, student_loss, term_losses, temperatures, total, distillation
+            y, prediction, student_loss, term_losses, temperatures, total, distillation, weight
         )
 
     def test_step(self, data):
-        x, y, teacher_outputs = self._unpack(data)
+        x, y, teacher_outputs, weight = self._unpack(data)
         teacher_outputs = self._teacher_outputs(x, teacher_outputs)
         prediction, student_loss, term_losses, temperatures = self.batch_losses(
             x, y, teacher_outputs, training=False
         )
-        total, distillation = self._combined(student_loss, term_losses)
+        total, distillation = self._combined(student_loss, term_losses, weight)
         return self._update_metrics(
-            y, prediction, student_loss, term_losses, temperatures, total, distillation
+            y, prediction, student_loss, term_losses, temperatures, total, distillation, weight
         )
 
     def predict_step(self, data):
@@ -296,38 +307,40 @@ class Distiller(keras.Model):
         return self.student(x, training=False)
 
     def _unpack(self, data):
+        """`(x, y, teacher_outputs, weight)` of one batch; absent parts are `None`."""
         if not isinstance(data, tuple):
             data = (data,)
         if self.teacher is None:
-            if len(data) != 3:
+            if len(data) not in (3, 4):
                 raise ValueError(
                     "A Distiller without a teacher trains offline: each element must be "
-                    "(x, y, teacher_outputs), e.g. from kd_keras.methods.offline.offline_dataset. "
+                    "(x, y, teacher_outputs) or (x, y, teacher_outputs, weight), e.g. from "
+                    "kd_keras.methods.offline.offline_dataset. "
                     f"Received: an element with {len(data)} parts."
                 )
-            return data
-        if len(data) > 2:
+            return data if len(data) == 4 else (*data, None)
+        if len(data) > 3:
             raise ValueError(
-                "Sample weights are not supported by the Distiller; with a teacher each element "
-                f"must be (x, y) or x. Received: an element with {len(data)} parts."
+                "With a teacher each element must be x, (x, y) or (x, y, weight). "
+                f"Received: an element with {len(data)} parts."
             )
-        x, y = data if len(data) == 2 else (data[0], None)
-        return x, y, None
+        x, y, weight = (*data, None, None)[:3]
+        return x, y, None, weight
 
     def _update_metrics(
-        self, y, prediction, student_loss, term_losses, temperatures, total, distillation
+        self, y, prediction, student_loss, term_losses, temperatures, total, distillation, weight
     ):
         self.total_loss_tracker.update_state(total)
         self.distillation_loss_tracker.update_state(distillation)
         if student_loss is not None:
-            self.student_loss_tracker.update_state(student_loss)
+            self.student_loss_tracker.update_state(student_loss, sample_weight=weight)
         for tracker, loss in zip(self.term_loss_trackers, term_losses):
             tracker.update_state(loss)
         for tracker, temperature in zip(self.temperature_trackers, temperatures):
             if tracker is not None:
                 tracker.update_state(temperature)
         if y is not None:
-            self.compiled_metrics.update_state(y, prediction)
+            self.compiled_metrics.update_state(y, prediction, sample_weight=weight)
         results = {m.name: m.result() for m in self.metrics}
         results["loss"] = results["total_loss"]
         return results

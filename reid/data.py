@@ -12,6 +12,15 @@ from reid.config import ReIDConfig
 from reid.market1501 import Market1501, load_market1501
 from reid.synthetic import SyntheticConfig, ensure_synthetic_market1501
 
+#: Unlabelled crops the built-in folder holds with `unlabeled_data: builtin`: 2.7× its 576
+#: labelled training images.
+BUILTIN_UNLABELED = 1536
+
+
+def builtin_root(config: ReIDConfig) -> Path:
+    """Where the built-in Market-1501 folder is written."""
+    return Path(config.output_dir) / "market1501_synthetic"
+
 
 def load_data(config: ReIDConfig) -> tuple[Market1501, str]:
     """The user's Market-1501 folder, or the built-in one (written on first use).
@@ -25,6 +34,8 @@ def load_data(config: ReIDConfig) -> tuple[Market1501, str]:
     """
     if config.data is not None:
         return load_market1501(config.data, config.image_size), config.data
-    root = Path(config.output_dir) / "market1501_synthetic"
-    ensure_synthetic_market1501(root, SyntheticConfig(image_size=config.image_size))
+    root = builtin_root(config)
+    unlabeled = BUILTIN_UNLABELED if config.unlabeled_data == "builtin" else 0
+    settings = SyntheticConfig(image_size=config.image_size, unlabeled=unlabeled)
+    ensure_synthetic_market1501(root, settings)
     return load_market1501(root, config.image_size), f"built-in synthetic ({root})"

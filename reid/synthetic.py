@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from reid.market1501 import SPLITS, ImageName
 
 MARKER = "dataset.json"  # the settings the folder was written with
+UNLABELED = "unlabeled"  # the folder of unlabelled crops
 
 _PATTERNS = ("plain", "horizontal", "vertical", "checks")
 _VIEWS = ("front", "back", "side")
@@ -44,7 +45,9 @@ class SyntheticConfig:
         junk: junk (`-1`) images in the gallery.
         distractors: distractor (`0000`) images in the gallery.
         image_size: `(height, width)` of the written images.
-        seed: the same seed writes the same bytes.
+        unlabeled: unlabelled images in `unlabeled/`: training identities under any camera,
+            as a robot's frames would show them; no name carries an identity or a camera.
+        seed: the same seed writes the same bytes (the labelled ones whatever `unlabeled` is).
     """
 
     train_identities: int = 64
@@ -55,9 +58,12 @@ class SyntheticConfig:
     junk: int = 12
     distractors: int = 24
     image_size: tuple[int, int] = (64, 32)
+    unlabeled: int = 0
     seed: int = 0
 
     def __post_init__(self):
+        if self.unlabeled < 0:
+            raise ValueError(f"Expected unlabeled >= 0. Received: unlabeled={self.unlabeled!r}.")
         for key in ("train_identities", "test_identities", "images_per_camera"):
             if getattr(self, key) < 1:
                 raise ValueError(f"Expected {key} >= 1. Received: {key}={getattr(self, key)!r}.")
@@ -335,12 +341,27 @@ def write_synthetic_market1501(
             pid = test_ids[int(rng.integers(len(test_ids)))]
             image = _render(appearance[pid], cameras[cam_index], config.image_size, rng, crop=True)
             write("bounding_box_test", -1, cam_index + 1, image)
+        if config.unlabeled:
+            people = [appearance[pid] for pid in train_ids]
+            _write_unlabeled(staging / UNLABELED, config, cameras, people)
         (staging / MARKER).write_text(json.dumps(_settings(config)) + "\n")
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
+
+
+def _write_unlabeled(folder: Path, config: SyntheticConfig, cameras, people) -> None:
+    """`config.unlabeled` crops of the training people, each under a random camera."""
+    # A generator of its own: the labelled images stay the same bytes with or without these.
+    rng = np.random.default_rng([config.seed, 1])
+    folder.mkdir()
+    for index in range(config.unlabeled):
+        person = people[int(rng.integers(len(people)))]
+        camera = cameras[int(rng.integers(len(cameras)))]
+        image = _render(person, camera, config.image_size, rng)
+        (folder / f"frame_{index:05d}.jpg").write_bytes(_jpeg(image))
 
 
 def _settings(config: SyntheticConfig) -> dict:

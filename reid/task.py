@@ -20,6 +20,7 @@ import tf_keras as keras
 from kd_keras import compress, schedules
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
+from kd_keras.images import read_resized
 from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
 from reid import data as data_lib
@@ -29,7 +30,7 @@ from reid.losses import IdentityLoss, ReIDLoss, TripletLoss
 from reid.market1501 import SPLITS, list_split
 from reid.models import build_reid_model, embedding_model, fold_bnneck
 from reid.sampler import PKSampler, pk_dataset
-from reid.synthetic import MARKER
+from reid.synthetic import MARKER, UNLABELED
 
 
 class ReIDTask(Task):
@@ -53,6 +54,17 @@ class ReIDTask(Task):
                 f"{self.identities}. Lower p. Received: p={config.p}."
             )
 
+    def read_unlabeled(self, path: Path) -> np.ndarray:
+        """An unlabelled crop as the training images: resized to `(height, width)`, in [0, 1]."""
+        height, width = self.data.input_shape[:2]
+        return read_resized(path, (height, width)).astype(np.float32) / 255.0
+
+    def builtin_unlabeled(self) -> Path:
+        """The built-in folder's `unlabeled/` crops of the training people."""
+        if self.config.data is not None:
+            return super().builtin_unlabeled()
+        return data_lib.builtin_root(self.config) / UNLABELED
+
     @property
     def description(self) -> str:
         return self.source
@@ -67,7 +79,7 @@ class ReIDTask(Task):
 
     def data_fingerprint(self) -> dict:
         if self.config.data is None:
-            marker = Path(self.config.output_dir) / "market1501_synthetic" / MARKER
+            marker = data_lib.builtin_root(self.config) / MARKER
             return {"generator": json.loads(marker.read_text())}
         root = Path(self.config.data)
         return {
@@ -103,7 +115,7 @@ class ReIDTask(Task):
     def students(self) -> list[Student]:
         """Scratch, constant-T KD (with `compare_constant`) and dynamic-T KD for every seed."""
         config, settings = self.config, self.config.distill
-        total = config.epochs * config.steps_per_epoch
+        total = config.epochs * self.batches_per_epoch(config.steps_per_epoch)
         dynamic = settings.temperature_schedule(total)
         variants = [("scratch", "scratch", None)]
         if settings.compare_constant:
@@ -144,8 +156,10 @@ class ReIDTask(Task):
         images = self.data.train.images
         return pk_dataset(images, self.labels, sampler, steps, self.config.augment, stage.seed)
 
-    def _optimizer(self, stage: Stage) -> keras.optimizers.Optimizer:
-        steps = stage.epochs * self._steps(stage)
+    def _optimizer(
+        self, stage: Stage, steps_per_epoch: int | None = None
+    ) -> keras.optimizers.Optimizer:
+        steps = stage.epochs * (steps_per_epoch or self._steps(stage))
         decay = keras.optimizers.schedules.CosineDecay(stage.learning_rate, steps)
         return keras.optimizers.Adam(decay)
 
@@ -168,10 +182,15 @@ class ReIDTask(Task):
         config, settings = self.config, self.config.distill
         terms, weights = self.kd_terms(stage, student)
         distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
+        labelled = self._steps(stage)
+        steps = self.batches_per_epoch(labelled) if self.unlabeled is not None else labelled
         distiller.compile(
-            self._optimizer(stage), loss=ReIDLoss(config.label_smoothing, config.margin)
+            self._optimizer(stage, steps), loss=ReIDLoss(config.label_smoothing, config.margin)
         )
-        return Training(distiller, self._data(stage), self._steps(stage))
+        data = self.with_unlabeled(
+            self._data(stage), stage, labelled, batch_size=config.p * config.k, epochs=stage.epochs
+        )
+        return Training(distiller, data, steps)
 
     # --- evaluation ---
 

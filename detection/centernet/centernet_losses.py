@@ -16,6 +16,10 @@ from kd_keras import losses as kd_losses
 _PACKAGE = "detection"
 
 
+#: The score from which a heatmap peak counts as an object (`teacher_peaks`).
+PEAK_THRESHOLD = 0.3
+
+
 def _count_per_image(mask: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.reshape(mask, [tf.shape(mask)[0], -1]), axis=-1)
 
@@ -169,6 +173,11 @@ def retained_binary_kd(
         loss = T² · Σ_pixels,classes [ p·(log p − log q_s) + (1 − p)·(log(1 − p) − log(1 − q_s)) ]
                / D,   D = max(1, number of centres) ("objects") or H·W·classes ("mean")
 
+    An image without labelled centres (an unlabelled one, `kd_keras.unlabeled`) counts the
+    teacher's peaks instead: locations with σ(z_t) ≥ 0.3 that are the maximum of their 3×3
+    neighbourhood, as the decoder would report them. Its loss then has the scale of a
+    labelled image's with as many objects.
+
     Each heatmap location is its own Bernoulli variable, so the KD is binary (sigmoid), not a
     softmax over classes. *Early distribution softening*: T divides the logits of both networks
     before the sigmoid, and T² keeps the gradient scale. *Positive-sample retaining*: at the
@@ -229,7 +238,16 @@ def retained_binary_kd(
     centres = _count_per_image(
         tf.cast(tf.equal(tf.cast(label_heatmap, tf.float32), 1.0), tf.float32)
     )
+    centres = tf.where(centres > 0, centres, teacher_peaks(teacher_logits))
     return kl * elements / tf.maximum(1.0, centres)
+
+
+def teacher_peaks(logits: tf.Tensor, threshold: float = PEAK_THRESHOLD) -> tf.Tensor:
+    """`[batch]` count of the heatmap's peaks: σ(z) ≥ `threshold` and the 3×3 maximum."""
+    scores = tf.sigmoid(tf.cast(logits, tf.float32))
+    pooled = tf.nn.max_pool2d(scores, 3, 1, "SAME")
+    peaks = tf.logical_and(tf.equal(scores, pooled), scores >= threshold)
+    return _count_per_image(tf.cast(peaks, tf.float32))
 
 
 def weighted_l1(target: tf.Tensor, prediction: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:

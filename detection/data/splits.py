@@ -35,6 +35,7 @@ def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
             num_val=config.builtin_val,
             image_size=config.image_size,
             seed=0,
+            num_unlabeled=config.builtin_unlabeled if config.unlabeled_data == "builtin" else 0,
         )
         train = load_coco_dataset(*paths["train"], on_error=on_error)
         val = load_coco_dataset(*paths["val"], on_error=on_error)

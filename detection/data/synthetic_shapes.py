@@ -21,6 +21,7 @@ from kd_keras.io import atomic_write_bytes, atomic_write_json
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 SPLITS = ("train", "val")
+UNLABELED = "unlabeled"  # the folder of images without annotations
 
 
 def _backgrounds() -> list[np.ndarray]:
@@ -111,6 +112,7 @@ def generate_shapes_dataset(
     num_val: int = 120,
     image_size: int = 128,
     seed: int = 0,
+    num_unlabeled: int = 0,
 ) -> dict[str, tuple[Path, Path]]:
     """Writes `root/{train,val}/*.jpg` and `root/annotations/instances_{train,val}.json`.
 
@@ -120,6 +122,9 @@ def generate_shapes_dataset(
         num_val: validation images.
         image_size: side of the square images.
         seed: the same seed gives the same dataset.
+        num_unlabeled: images like the training ones, without annotations, in
+            `root/unlabeled/` (from a generator of their own: the annotated images are the same
+            with or without them).
 
     Returns:
         `{"train": (images_dir, annotations_file), "val": (...)}`.
@@ -160,12 +165,15 @@ def generate_shapes_dataset(
             {"images": images, "annotations": annotations, "categories": categories},
         )
         result[split] = (root / split, annotations_file)
-    atomic_write_bytes(
-        root / "dataset.json",
-        json.dumps(
-            {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
-        ).encode(),
-    )
+    settings = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed}
+    if num_unlabeled:
+        rng = np.random.default_rng([seed, len(SPLITS)])
+        (root / UNLABELED).mkdir(parents=True, exist_ok=True)
+        for index in range(1, num_unlabeled + 1):
+            image, _ = _image(photos, image_size, rng)
+            atomic_write_bytes(root / UNLABELED / f"unlabeled_{index:05d}.jpg", _jpeg(image))
+        settings["num_unlabeled"] = num_unlabeled
+    atomic_write_bytes(root / "dataset.json", json.dumps(settings).encode())
     return result
 
 
@@ -174,6 +182,8 @@ def ensure_shapes_dataset(root: str | os.PathLike, **kwargs) -> dict[str, tuple[
     root = Path(root)
     marker = root / "dataset.json"
     settings = {"num_train": 480, "num_val": 120, "image_size": 128, "seed": 0, **kwargs}
+    if not settings.get("num_unlabeled"):
+        settings.pop("num_unlabeled", None)  # folders written before the pool existed match
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return {
             split: (root / split, root / "annotations" / f"instances_{split}.json")

@@ -81,7 +81,7 @@ _STAGES_CHANGED_BY = (
 )
 # Keys every student reads but the teacher does not, and KD keys the scratch students ignore.
 _STUDENT_KEYS = ("student_model", "epochs")
-_KD_KEYS = ("distill",)
+_KD_KEYS = ("distill", "unlabeled_data", "unlabeled_ratio", "unlabeled_files")
 
 
 def stage_dependencies(plain_stages: Sequence[str] = ()) -> Callable[[str, str], bool]:
@@ -109,15 +109,21 @@ def stage_dependencies(plain_stages: Sequence[str] = ()) -> Callable[[str, str],
     return changes
 
 
-def run_state(config, data: Mapping | None = None, plain_stages: Sequence[str] = ()) -> RunState:
+def run_state(
+    config,
+    data: Mapping | None = None,
+    plain_stages: Sequence[str] = (),
+    distilled_inputs: Mapping | None = None,
+) -> RunState:
     """The finished stages of `config.output_dir`.
 
     Refuses a folder whose finished stages were made with another config (`stage_dependencies`)
-    or other data (`data`, the task's `data_fingerprint()`).
+    or other data (`data`, the task's `data_fingerprint()`). `distilled_inputs` (the unlabelled
+    pool's digest) are compared like KD keys: a change trains the distilled students again.
     """
     return RunState(
         config.output_dir,
-        config_lib.to_dict(config),
+        {**config_lib.to_dict(config), **(distilled_inputs or {})},
         ignore=RERUN_SAFE_KEYS,
         restart=config.restart,
         data=data,

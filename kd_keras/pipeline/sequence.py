@@ -82,13 +82,14 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
             }
         )
     task = task_class(config)
+    task.unlabeled = task.load_unlabeled()
     teacher = None
     if config.teacher:
         with strategy.scope():
             teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
     plain = [student.stage for student in task.students() if not student.distilled]
-    state = run_state(config, task.data_fingerprint(), plain)
+    state = run_state(config, task.data_fingerprint(), plain, task.unlabeled_fingerprint())
     return Prepared(task, teacher, state, config, strategy)
 
 
@@ -134,6 +135,7 @@ class _Run:
             "task": self.task.name,
             "data": self.task.description,
             **self.task.summary(),
+            **({"unlabeled": self.task.unlabeled.summary()} if self.task.unlabeled else {}),
             "rows": rows,
             **({"seed_runs": seed_runs} if seed_runs else {}),
             **self.reporter.kd_gains(seed_runs, teacher_row),

@@ -146,9 +146,15 @@ class RunConfig(ConfigModel):
     seconds for the others to start, then stops with an error naming those that did not.
     `deterministic` runs TensorFlow's deterministic kernels, so the same config and seed give
     the same `report.json` on the same machine (`kd_keras.pipeline.determinism`).
+    `unlabeled_data` is a folder of unlabelled images (subfolders read too), or `builtin` for
+    the pool the task's built-in data generator writes; distilled students (never the scratch
+    baseline) also train on it, `unlabeled_ratio` of its batches per labelled batch, each
+    teaching through the KD terms alone (`kd_keras.unlabeled`).
     """
 
     data: str | None = None
+    unlabeled_data: str | None = None
+    unlabeled_ratio: float = Field(1.0, gt=0)
     teacher: str | None = None
     teacher_epochs: int = Field(30, ge=1)
     epochs: int = Field(30, ge=1)

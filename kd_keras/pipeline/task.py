@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +20,14 @@ import numpy as np
 import tf_keras as keras
 
 from kd_keras.methods.base import Method
+from kd_keras.pipeline.fingerprint import file_listing
+from kd_keras.unlabeled import (
+    UnlabeledPool,
+    list_unlabeled_folder,
+    mix_unlabeled,
+    mixing_order,
+    read_unlabeled_folder,
+)
 
 
 class Role(enum.Enum):
@@ -181,6 +191,78 @@ class Task(abc.ABC):
         """What the data is, for reruns (`kd_keras.pipeline.fingerprint`): annotation digests, image
         listings, built-in generator settings. A rerun with another fingerprint is refused."""
         return {}
+
+    # --- unlabelled images ---
+
+    #: The unlabelled pool distilled students also train on (`load_unlabeled`), or `None`.
+    unlabeled: UnlabeledPool | None = None
+
+    def read_unlabeled(self, path: Path) -> np.ndarray:
+        """One unlabelled image file as a training input, preprocessed like the labelled ones."""
+        raise NotImplementedError(f"{type(self).__name__} does not read unlabelled images.")
+
+    def builtin_unlabeled(self) -> Path:
+        """The folder of unlabelled images the built-in data generator writes."""
+        raise ValueError(
+            "unlabeled_data: builtin is the pool of a built-in data generator, and this "
+            f"{self.name} run's data ({self.description}) has none; set unlabeled_data to a "
+            "folder of images. Received: unlabeled_data='builtin'."
+        )
+
+    def load_unlabeled(self) -> UnlabeledPool | None:
+        """`config.unlabeled_data` read and checked (`kd_keras.unlabeled`), or `None` unset.
+
+        `prepare` sets `unlabeled` from it once the task has loaded its labelled data, so a bad
+        folder stops the run before any training.
+        """
+        source = getattr(self.config, "unlabeled_data", None)
+        if source is None:
+            return None
+        folder = self.builtin_unlabeled() if source == "builtin" else Path(source)
+        images = read_unlabeled_folder(folder, self.read_unlabeled)
+        return UnlabeledPool(images, str(folder), float(self.config.unlabeled_ratio))
+
+    def with_unlabeled(
+        self,
+        labelled,
+        stage: Stage,
+        labelled_batches: int | None = None,
+        teacher_outputs: np.ndarray | None = None,
+        batch_size: int | None = None,
+        epochs: int = 1,
+    ):
+        """A distilled stage's `labelled` batches mixed with the unlabelled pool (unchanged
+        without one): `(x, y, weight)` elements, see `kd_keras.unlabeled.mix_unlabeled`.
+        Unlabelled batches have `batch_size` images (default: `config.batch_size`); an
+        epoch then has `batches_per_epoch(labelled_batches)` batches."""
+        if self.unlabeled is None:
+            return labelled
+        return mix_unlabeled(
+            labelled,
+            self.unlabeled,
+            batch_size or self.config.batch_size,
+            stage.seed,
+            labelled_batches,
+            teacher_outputs,
+            epochs,
+        )
+
+    def batches_per_epoch(self, labelled_batches: int) -> int:
+        """Batches in a distilled epoch of `labelled_batches` labelled ones: with an unlabelled
+        pool, its batches mixed among them too (`kd_keras.unlabeled.mixing_order`). Schedules
+        counted in steps (learning rate, temperature) span them all."""
+        if getattr(self.config, "unlabeled_data", None) is None:
+            return labelled_batches
+        return len(mixing_order(labelled_batches, self.config.unlabeled_ratio))
+
+    def unlabeled_fingerprint(self) -> dict:
+        """`{"unlabeled_files": digest}` of the pool's file listing (empty without a pool): a
+        rerun on another pool trains the distilled students again, and only them."""
+        if self.unlabeled is None:
+            return {}
+        root = Path(self.unlabeled.source)
+        listing = json.dumps(file_listing(list_unlabeled_folder(root), root), sort_keys=True)
+        return {"unlabeled_files": hashlib.sha256(listing.encode()).hexdigest()}
 
     def check_teacher(self, teacher: keras.Model, path: str) -> None:
         """Raises `ValueError` naming `path` when a given teacher does not fit the data.

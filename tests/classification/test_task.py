@@ -222,3 +222,36 @@ def test_budgeted_and_progressive_students_and_their_phases_resume(tmp_path):
     assert "student_budget" not in again["reused_stages"]
     assert (tmp_path / "phases" / "student_budget_search.weights.h5").stat().st_mtime_ns == search
     assert again["student_details"]["distilled, budgeted widths"]["widths"] == details["widths"]
+
+
+def test_distilled_students_mix_in_the_unlabelled_pool_and_scratch_does_not(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from kd_keras.pipeline import Role, Stage
+
+    pool = tmp_path / "frames"
+    pool.mkdir()
+    for index in range(20):
+        Image.fromarray(np.full((16, 16, 3), index * 10, np.uint8)).save(pool / f"{index:02d}.jpg")
+    settings = {**TINY, "output_dir": str(tmp_path / "out"), "unlabeled_data": str(pool)}
+    task = prepare(ClassificationTask, from_dict(ClassifyConfig, settings)).task
+    # Read like the digits: 8×8 grayscale in [0, 1].
+    assert task.unlabeled.images.shape == (20, 8, 8, 1)
+    np.testing.assert_allclose(task.unlabeled.images[3], 30 / 255, rtol=1e-6)
+    stage = Stage("student", Role.STUDENT, 1, 0.001)
+    teacher, student = task.build("teacher", "t"), task.build("student", "s")
+    labelled_batches = int(np.ceil(len(task.x_train) / task.config.batch_size))
+    assert all(len(element) == 2 for element in task.plain(student, stage).data)
+    weights = [float(e[2][0]) for e in task.distilled(teacher, student, stage).data]
+    assert weights.count(1.0) == labelled_batches and weights.count(0.0) == labelled_batches
+
+    offline = prepare(
+        ClassificationTask,
+        from_dict(ClassifyConfig, {**settings, "offline": True, "augment": False}),
+    ).task
+    elements = list(offline.distilled(teacher, student, stage).data)
+    pooled = [e for e in elements if float(e[3][0]) == 0.0]
+    # Offline, the unlabelled batches carry the teacher's cached outputs on the pool.
+    x, _, cached, _ = pooled[0]
+    np.testing.assert_allclose(cached.numpy(), teacher.predict(x, verbose=0), rtol=1e-4, atol=1e-5)

@@ -229,13 +229,14 @@ def test_weights_checkpoint_restores_student_and_adapter(tmp_path):
     )
 
 
-def test_sample_weights_are_refused_clearly():
+def test_elements_of_more_than_three_parts_are_refused_clearly():
     teacher, student = _pair()
     x, y = tiny_data(4)
     distiller = Distiller(teacher, student, LogitsDistillation())
     distiller.compile("sgd", loss=CE)
-    with pytest.raises(ValueError, match="Sample weights are not supported"):
-        distiller.fit(x, y, sample_weight=np.ones(4), verbose=0)
+    data = tf.data.Dataset.from_tensors((x, y, np.ones(4), np.ones(4)))
+    with pytest.raises(ValueError, match=r"x, \(x, y\) or \(x, y, weight\).*4 parts"):
+        distiller.fit(data, verbose=0)
 
 
 def test_mirrored_strategy_matches_single_device():

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from PIL import Image
 from pydantic import Field
 
 from kd_keras import LogitsDistillation, export
 from kd_keras.compat import is_op_determinism_enabled
-from kd_keras.config import from_dict
+from kd_keras.config import ConfigError, from_dict
 from kd_keras.distiller import Distiller
 from kd_keras.methods import Method
-from kd_keras.pipeline import Student, Task, Training, prepare, run_pipeline
+from kd_keras.pipeline import Role, Stage, Student, Task, Training, prepare, run_pipeline
 from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.settings import CompressSettings, DistillSettings, ModelSettings, RunConfig
 
@@ -220,3 +221,64 @@ def test_prepare_turns_op_determinism_on_or_off(deterministic, tmp_path):
     set_determinism(not deterministic)
     prepare(ToyTask, _config(tmp_path, deterministic=deterministic))
     assert is_op_determinism_enabled() is deterministic
+
+
+class PoolToyTask(ToyTask):
+    """The toy task whose distilled students also learn on unlabelled image files."""
+
+    def read_unlabeled(self, path):
+        pixels = np.asarray(Image.open(path).convert("L").resize((2, 2)), np.float32)
+        return (pixels.ravel() - 128.0) / 64.0
+
+    def distilled(self, teacher, student, stage):
+        training = super().distilled(teacher, student, stage)
+        training.data = self.with_unlabeled(training.data, stage, batch_size=16)
+        return training
+
+
+def _frames(folder, count):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for index in range(count):
+        pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+    return folder
+
+
+def test_an_unlabelled_pool_reaches_the_distilled_students_only(toy_run, tmp_path):
+    config, first = toy_run
+    pool = _frames(tmp_path / "frames", 40)
+    pooled = config.model_copy(update={"unlabeled_data": str(pool), "unlabeled_ratio": 0.5})
+    # In the same folder the pool would change the distilled stages only, never the baseline.
+    with pytest.raises(ConfigError, match="unlabeled_data") as refused:
+        prepare(PoolToyTask, pooled)
+    assert "(trained into student, student_two_phase_warmup, student_two_phase, pruned, qat)" in (
+        str(refused.value)
+    )
+    pooled = pooled.model_copy(update={"output_dir": str(tmp_path / "pooled")})
+    prepared = prepare(PoolToyTask, pooled)
+    # 6 labelled batches per epoch, and 3 unlabelled ones spread among them.
+    stage = Stage("student", Role.STUDENT, 1, 0.01)
+    model = prepared.task.build("student", "probe")
+    teacher = prepared.task.build("teacher", "probe_teacher")
+    data = prepared.task.distilled(teacher, model, stage).data
+    assert [float(element[2][0]) for element in data] == [1, 0, 1, 1, 0, 1, 1, 0, 1]
+    report = run_pipeline(prepared)
+    assert report["unlabeled"] == {"source": str(pool), "images": 40, "ratio": 0.5}
+    # The teacher and the scratch baseline trained exactly as without the pool.
+    rows = {row["model"]: row for row in report["rows"]}
+    before = {row["model"]: row for row in first["rows"]}
+    for name in ("teacher", "scratch"):
+        assert report["epoch_losses"][name] == first["epoch_losses"][name]
+    assert rows["student (scratch)"]["accuracy"] == before["student (scratch)"]["accuracy"]
+    assert report["epoch_losses"]["student"] != first["epoch_losses"]["student"]
+
+
+def test_bad_unlabelled_data_is_refused_before_any_training(tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = _config(tmp_path / "out", unlabeled_data=str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="holds no images"):
+        prepare(PoolToyTask, config)
+    with pytest.raises(ValueError, match="builtin is the pool of a built-in data generator"):
+        prepare(PoolToyTask, _config(tmp_path / "out", unlabeled_data="builtin"))
+    assert not (tmp_path / "out" / "run_state.json").exists()
