@@ -6,17 +6,9 @@ from kd_keras.pipeline import Role, Stage, prepare
 from reid.config import ReIDConfig
 from reid.synthetic import UNLABELED, SyntheticConfig, write_synthetic_market1501
 from reid.task import ReIDTask
+from tests.reid.test_market1501 import TINY
 
-DATA = SyntheticConfig(
-    train_identities=4,
-    test_identities=3,
-    cameras=3,
-    cameras_per_identity=2,
-    images_per_camera=2,
-    junk=2,
-    distractors=3,
-    image_size=(16, 8),
-)
+DATA = TINY
 
 
 @pytest.fixture(scope="module")
