@@ -1,6 +1,7 @@
 """Detection benchmark: input pipeline vs training speed, LiteRT latency, and the KD ablation.
 
     python benchmarks/detection_kd.py [--seeds 0 1 2] [--epochs 30] [--skip-ablation]
+    python benchmarks/detection_kd.py --seeds 0 1 2 3 4 --skip-components --unlabeled builtin
 
 (1) Images/s of the tf.data pipeline alone (read, augment, encode targets) against images/s of a
     training step (scratch student, and the distiller with the teacher's forward pass), measured in
@@ -151,6 +152,11 @@ def main() -> None:
     )
     parser.add_argument("--teacher", help="saved .keras teacher for the ablation (default: train)")
     parser.add_argument("--output", default="runs/benchmark_detection")
+    parser.add_argument(
+        "--unlabeled",
+        help="unlabelled images the distilled students also learn from: a folder, or builtin",
+    )
+    parser.add_argument("--unlabeled-ratio", type=float, default=1.0)
     args = parser.parse_args()
 
     from detection.config import DetectConfig
@@ -160,6 +166,8 @@ def main() -> None:
     overrides = {"tracking": {"enabled": False}, "teacher": args.teacher}
     if args.epochs is not None:
         overrides.update(epochs=args.epochs, teacher_epochs=args.epochs)
+    if args.unlabeled:
+        overrides.update(unlabeled_data=args.unlabeled, unlabeled_ratio=args.unlabeled_ratio)
     config = config_lib.from_dict(DetectConfig, overrides)
     output = Path(args.output)
     result = {}

@@ -54,6 +54,10 @@ class DetectConfig(shared.RunConfig):
     Each of `methods` adds a student row distilled with that compact-student method: `budget`
     (per-conv backbone widths learned to fit `budget`) or `progressive` (the backbone's stages
     learn the teacher's one at a time, see `progressive`).
+    A teacher or student trains for at least `min_steps` steps: on a small set, where `epochs`
+    passes would give fewer, each epoch takes more passes over the images (the built-in set's
+    30 epochs of 30 batches are exactly 900). The learning rate rises linearly from 0 over
+    `warmup_steps`, then follows a cosine decay to 5% of `learning_rate`.
     """
 
     annotations: str | None = None
@@ -69,6 +73,8 @@ class DetectConfig(shared.RunConfig):
     augment: bool = True
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(0.004, gt=0)
+    min_steps: int = Field(900, ge=0)
+    warmup_steps: int = Field(0, ge=0)
     seed: int = Field(0, ge=0, lt=2**31)
     ablation: bool = False
     methods: tuple[Literal["budget", "progressive"], ...] = ()

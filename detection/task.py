@@ -9,6 +9,7 @@ Keras and LiteRT, and pictures of each model's detections for MLflow.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -134,10 +135,19 @@ class DetectionTask(Task):
 
     # --- training ---
 
-    def _data(self):
+    def labelled_steps(self, stage: Stage) -> int:
+        """Labelled batches per epoch: one pass over the training images, or more passes
+        when `epochs` of them would give a teacher or student fewer than `min_steps`."""
+        if stage.compressing:
+            return self.steps_per_epoch
+        return max(self.steps_per_epoch, math.ceil(self.config.min_steps / stage.epochs))
+
+    def _data(self, stage: Stage):
+        """`(dataset, steps_per_epoch)`: one pass per epoch (`None` steps), or with `min_steps`
+        a stream the epochs share, `labelled_steps` batches each."""
         # A new dataset per training: every student sees the same batches in the same order.
         config = self.config
-        return detection_dataset(
+        data = detection_dataset(
             self.train,
             self.size,
             config.batch_size,
@@ -145,42 +155,61 @@ class DetectionTask(Task):
             augment=config.augment,
             seed=config.seed,
         )
+        steps = self.labelled_steps(stage)
+        if steps == self.steps_per_epoch:
+            return data, None
+        return data.repeat(), steps
 
-    def _decaying(
-        self, learning_rate: float, epochs: int, steps_per_epoch: int | None = None
-    ) -> keras.optimizers.Optimizer:
-        steps = max(1, epochs * (steps_per_epoch or self.steps_per_epoch))
-        decay = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.05)
+    def _decaying(self, learning_rate: float, steps: int) -> keras.optimizers.Optimizer:
+        """Cosine decay to 5% over `steps`, after `warmup_steps` of linear warmup from 0."""
+        warmup = min(self.config.warmup_steps, steps // 2)
+        decay = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else learning_rate,
+            max(1, steps - warmup),
+            alpha=0.05,
+            warmup_target=learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
         return keras.optimizers.Adam(decay)
 
     def plain(self, model: keras.Model, stage: Stage) -> Training:
         losses, weights = CenterNetLoss().per_head_losses()
-        optimizer = self._decaying(stage.learning_rate, stage.epochs)
+        optimizer = self._decaying(stage.learning_rate, stage.epochs * self.labelled_steps(stage))
         model.compile(optimizer, losses, loss_weights=weights)
-        return Training(model, self._data())
+        return Training(model, *self._data(stage))
 
     def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
         """Heatmap, box and hint KD (`distill.*`); an ablation student keeps one part."""
-        steps = stage.epochs * self.batches_per_epoch(self.steps_per_epoch)
+        steps = stage.epochs * self.batches_per_epoch(self.labelled_steps(stage))
         rename = distillation.student_layer_name(student)
         return distillation.detection_kd_terms(self.config.distill, steps, rename, stage.variant)
 
     def data(self, stage: Stage):
-        return self._data(), None
+        return self._data(stage)
 
     def distilled(self, teacher: keras.Model, student: keras.Model, stage: Stage) -> Training:
-        """Decaying learning rate for the students, constant while compressing."""
+        """Decaying learning rate for the students, constant while compressing; the unlabelled
+        pool's batches mixed among the labelled ones."""
         settings = self.config.distill
         terms, weights = self.kd_terms(stage, student)
         distiller = CenterNetDistiller(
             teacher, student, terms, weights, student_loss_weight=settings.student_loss_weight
         )
-        steps = self.batches_per_epoch(self.steps_per_epoch)
+        labelled = self.labelled_steps(stage)
         if stage.compressing:
             distiller.compile(keras.optimizers.Adam(stage.learning_rate))
         else:
-            distiller.compile(self._decaying(stage.learning_rate, stage.epochs, steps))
-        return Training(distiller, self.with_unlabeled(self._data(), stage, self.steps_per_epoch))
+            steps = stage.epochs * self.batches_per_epoch(labelled)
+            distiller.compile(self._decaying(stage.learning_rate, steps))
+        data, steps_per_epoch = self._data(stage)
+        if self.unlabeled is None:
+            return Training(distiller, data, steps_per_epoch)
+        # A stream shared by the epochs gets each epoch's mix; one pass per epoch gets one.
+        epochs = 1 if steps_per_epoch is None else stage.epochs
+        mixed = self.with_unlabeled(data, stage, labelled, epochs=epochs)
+        return Training(
+            distiller, mixed, None if steps_per_epoch is None else self.batches_per_epoch(labelled)
+        )
 
     # --- evaluation ---
 

@@ -35,6 +35,7 @@ def task(tmp_path_factory):
         {
             "image_size": 32,
             "builtin_train": 16,
+            "min_steps": 0,
             "builtin_val": 4,
             "batch_size": 8,
             "builtin_dir": str(folder / "shapes"),

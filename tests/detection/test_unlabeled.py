@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from detection.centernet.centernet_losses import retained_binary_kd, teacher_peaks
 from detection.config import DetectConfig
@@ -52,8 +53,8 @@ def test_the_generator_adds_an_unlabelled_folder_and_keeps_the_annotated_images(
             assert path.read_bytes() == (shapes / split / path.name).read_bytes()
 
 
-def test_distilled_detectors_mix_in_the_pool_and_scratch_does_not(shapes, tmp_path):
-    settings = {
+def _settings(shapes, tmp_path, **values):
+    return {
         "data": str(shapes / "train"),
         "annotations": str(shapes / "annotations" / "instances_train.json"),
         "val_data": str(shapes / "val"),
@@ -66,7 +67,12 @@ def test_distilled_detectors_mix_in_the_pool_and_scratch_does_not(shapes, tmp_pa
         "teacher_model": {"width": 0.25},
         "student_model": {"width": 0.125},
         "tracking": {"enabled": False},
+        **values,
     }
+
+
+def test_distilled_detectors_mix_in_the_pool_and_scratch_does_not(shapes, tmp_path):
+    settings = _settings(shapes, tmp_path, min_steps=0)
     task = prepare(DetectionTask, from_dict(DetectConfig, settings)).task
     assert task.unlabeled.images.shape == (6, 64, 64, 3)
     assert float(task.unlabeled.images.max()) <= 1.0
@@ -81,3 +87,33 @@ def test_distilled_detectors_mix_in_the_pool_and_scratch_does_not(shapes, tmp_pa
     assert np.isfinite(result["loss"])
     assert result["loss"] == pytest.approx(result["distillation_loss"], rel=1e-5)
     assert len(task.plain(task.build("student", "scratch"), stage).data.element_spec) == 2
+
+
+def test_a_small_set_trains_for_min_steps_with_warmup_and_each_epoch_gets_its_pool_mix(
+    shapes, tmp_path
+):
+    # 8 training images in batches of 4: 2 batches a pass, so 2 epochs need 5 passes for 20.
+    settings = _settings(shapes, tmp_path, min_steps=20, warmup_steps=4)
+    task = prepare(DetectionTask, from_dict(DetectConfig, settings)).task
+    stage = Stage("scratch", Role.STUDENT, 2, 0.002)
+    assert task.steps_per_epoch == 2 and task.labelled_steps(stage) == 10
+    assert task.labelled_steps(Stage("pruned", Role.PRUNED, 1, 0.001)) == 2
+    training = task.plain(task.build("student", "scratch"), stage)
+    assert training.steps_per_epoch == 10
+    assert len(list(training.data.take(25))) == 25  # a stream the epochs share
+    schedule = _schedule(training.model)
+    rates = [float(schedule(step)) for step in (0, 2, 4, 20)]
+    assert rates[:3] == pytest.approx([0.0, 0.001, 0.002]) and rates[3] == pytest.approx(1e-4)
+
+    teacher, student = task.build("teacher", "t"), task.build("student", "s")
+    distilled = task.distilled(teacher, student, Stage("student", Role.STUDENT, 2, 0.002))
+    # With the pool (ratio 1): 10 labelled and 10 unlabelled batches in each epoch.
+    assert distilled.steps_per_epoch == 20
+    weights = [float(e[2][0]) for e in distilled.data]
+    assert weights == [1.0, 0.0] * 20
+    assert float(_schedule(distilled.model)(40)) == pytest.approx(1e-4)
+
+
+def _schedule(model):
+    config = model.optimizer.get_config()["learning_rate"]
+    return keras.optimizers.schedules.deserialize(config)

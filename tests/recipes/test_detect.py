@@ -15,6 +15,7 @@ CONFIGS = Path(detect.__file__).parent / "configs"
 TINY = [
     "--epochs", "2",
     "--set", "teacher_epochs=2",
+    "--set", "min_steps=0",
     "--set", "image_size=32",
     "--set", "builtin_train=16",
     "--set", "builtin_val=6",

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "--epochs", "2",
     "--set", "teacher_epochs=2",
+    "--set", "min_steps=0",
     "--set", "image_size=32",
     "--set", "builtin_train=16",
     "--set", "builtin_val=6",
