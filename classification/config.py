@@ -104,13 +104,20 @@ class ClassifyConfig(shared.RunConfig):
     """Everything `recipes.classify` does; defaults reproduce the built-in digits run.
 
     `data` is an image folder (one subfolder per class) read at `image_size` with `channels`;
-    null means scikit-learn's digits. Each of `methods` adds a row: a student distilled on the
+    null means the `builtin` set: scikit-learn's digits, or `shapes` (`classification.synthetic`:
+    `builtin_per_class` images of each of 6 shapes on photos, written to `builtin_dir`, and
+    with `unlabeled_data: builtin` `builtin_unlabeled` more without labels), a task where a
+    small student trails the teacher. Each of `methods` adds a row: a student distilled on the
     same budget with that compact-student method (`lma`: LMA activations; `robust`: robust KD on
     PGD examples; `okddip`: online KD among peers, no teacher; see `DistillSettings`;
     `budget`: per-conv widths learned to fit `budget`; `progressive`: blockwise KD, see
     `progressive`).
     """
 
+    builtin: Literal["digits", "shapes"] = "digits"
+    builtin_dir: str = "runs/classify_data/shapes"
+    builtin_per_class: int = Field(200, ge=2)
+    builtin_unlabeled: int = Field(3000, ge=1)
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 3
     methods: tuple[Method, ...] = ()

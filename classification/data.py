@@ -1,6 +1,7 @@
 """Classification data: scikit-learn's bundled digits, and image folders (a subfolder per class).
 
-`load_data(config)` gives the run's stratified train and test sets; `training_dataset` batches
+`load_data(config)` gives the run's stratified train and test sets (the built-in ones: digits,
+or the generated shapes of `classification.synthetic`); `training_dataset` batches
 them for `fit`, with `random_shift` as the optional augmentation.
 """
 
@@ -14,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from classification.config import ClassifyConfig
+from classification.synthetic import LABELLED, ShapesConfig, ensure_shapes_folder
 from kd_keras.images import IMAGE_SUFFIXES, list_images, read_resized
 
 
@@ -75,11 +77,20 @@ def load_data(config: ClassifyConfig) -> tuple[ImageDataset, ImageDataset]:
         FileNotFoundError: `config.data` does not exist.
         ValueError: the folder or the split is unusable (see `load_image_folder` and `split`).
     """
-    if config.data is None:
+    if config.data is None and config.builtin == "shapes":
+        root = ensure_shapes_folder(config.builtin_dir, shapes_settings(config))
+        dataset = load_image_folder(root / LABELLED, config.image_size, config.channels)
+    elif config.data is None:
         dataset = load_digits()
     else:
         dataset = load_image_folder(config.data, config.image_size, config.channels)
     return dataset.split(config.test_fraction, config.seed)
+
+
+def shapes_settings(config: ClassifyConfig) -> ShapesConfig:
+    """The built-in shapes set of `config` (its pool written with `unlabeled_data: builtin`)."""
+    unlabeled = config.builtin_unlabeled if config.unlabeled_data == "builtin" else 0
+    return ShapesConfig(per_class=config.builtin_per_class, unlabeled=unlabeled)
 
 
 def load_digits() -> ImageDataset:

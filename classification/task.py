@@ -9,6 +9,7 @@ learns a subset of the teacher's classes; with `offline` it learns from cached t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from classification import data as data_lib
 from classification import evaluation, models
 from classification.distillation import classification_kd_terms
 from classification.subset import ClassSubset, save_class_mapping
+from classification.synthetic import UNLABELED
 from kd_keras import compress, export
 from kd_keras.distiller import Distiller
 from kd_keras.images import read_resized
@@ -65,11 +67,21 @@ class ClassificationTask(Task):
 
     # --- data and models ---
 
+    def builtin_unlabeled(self) -> Path:
+        """The built-in shapes' `unlabeled/` images."""
+        if self.config.data is not None or self.config.builtin != "shapes":
+            return super().builtin_unlabeled()
+        return Path(self.config.builtin_dir) / UNLABELED
+
     @property
     def description(self) -> str:
+        if self.config.data is None and self.config.builtin == "shapes":
+            return f"built-in shapes on photos ({self.config.builtin_dir})"
         return self.config.data or "sklearn digits (built-in)"
 
     def data_fingerprint(self) -> dict:
+        if self.config.data is None and self.config.builtin == "shapes":
+            return {"generator": dataclasses.asdict(data_lib.shapes_settings(self.config))}
         if self.config.data is None:
             return {"generator": "sklearn.datasets.load_digits"}
         root = Path(self.config.data)

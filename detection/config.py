@@ -51,6 +51,8 @@ class DetectConfig(shared.RunConfig):
     `data` + `annotations` are a COCO images folder and instances JSON (null: the built-in
     shapes, `builtin_train` + `builtin_val` images written to `builtin_dir`; with
     `unlabeled_data: builtin` also `builtin_unlabeled` images without annotations).
+    `builtin_mode: small_dense` writes 200 px images with 6 to 14 boxes of about 40 px each,
+    like a small set of real photos of packed parts (with e.g. `builtin_train: 104`).
     Each of `methods` adds a student row distilled with that compact-student method: `budget`
     (per-conv backbone widths learned to fit `budget`) or `progressive` (the backbone's stages
     learn the teacher's one at a time, see `progressive`).
@@ -69,6 +71,7 @@ class DetectConfig(shared.RunConfig):
     builtin_train: int = Field(480, ge=1)
     builtin_val: int = Field(120, ge=1)
     builtin_unlabeled: int = Field(1440, ge=1)
+    builtin_mode: Literal["standard", "small_dense"] = "standard"
     image_size: int = 128
     augment: bool = True
     batch_size: int = Field(16, ge=1)

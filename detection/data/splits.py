@@ -12,6 +12,9 @@ from detection.config import DetectConfig
 from detection.data.coco_dataset import CocoDataset, DatasetError, load_coco_dataset
 from detection.data.synthetic_shapes import ensure_shapes_dataset
 
+#: The side of the built-in `small_dense` images, resized to `image_size` like real photos.
+SMALL_DENSE_SIDE = 200
+
 
 def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
     """Train and validation sets (generating the built-in one if needed) and a description.
@@ -29,17 +32,20 @@ def load_data(config: DetectConfig) -> tuple[CocoDataset, CocoDataset, str]:
     """
     on_error = config.on_bad_annotations
     if config.data is None:
+        small_dense = config.builtin_mode == "small_dense"
         paths = ensure_shapes_dataset(
             config.builtin_dir,
             num_train=config.builtin_train,
             num_val=config.builtin_val,
-            image_size=config.image_size,
+            image_size=SMALL_DENSE_SIDE if small_dense else config.image_size,
             seed=0,
             num_unlabeled=config.builtin_unlabeled if config.unlabeled_data == "builtin" else 0,
+            mode=config.builtin_mode,
         )
         train = load_coco_dataset(*paths["train"], on_error=on_error)
         val = load_coco_dataset(*paths["val"], on_error=on_error)
-        return train, val, f"built-in shapes on photos ({config.builtin_dir})"
+        kind = "small dense shapes" if small_dense else "shapes"
+        return train, val, f"built-in {kind} on photos ({config.builtin_dir})"
     train = load_coco_dataset(config.data, config.annotations, on_error=on_error)
     if config.val_data is not None:
         val = load_coco_dataset(config.val_data, config.val_annotations, on_error=on_error)

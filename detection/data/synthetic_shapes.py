@@ -22,6 +22,7 @@ from kd_keras.io import atomic_write_bytes, atomic_write_json
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 SPLITS = ("train", "val")
 UNLABELED = "unlabeled"  # the folder of images without annotations
+MODES = ("standard", "small_dense")
 
 
 def _backgrounds() -> list[np.ndarray]:
@@ -83,14 +84,18 @@ def _iou(a, b) -> float:
     return inter / union
 
 
-def _image(photos, size: int, rng: np.random.Generator):
+def _image(photos, size: int, rng: np.random.Generator, mode: str = "standard"):
     image = _background(photos, size, rng)
     draw = ImageDraw.Draw(image)
     _clutter(draw, size, rng)
     objects = []
-    for _ in range(int(rng.integers(1, 6))):
-        # Log-uniform side: mostly COCO "small" (< 32 px) and "medium", a few "large" (> 96 px).
-        side = float(np.exp(rng.uniform(math.log(8), math.log(size * 0.8))))
+    dense = mode == "small_dense"
+    for _ in range(int(rng.integers(6, 15) if dense else rng.integers(1, 6))):
+        if dense:  # many small objects of about the same size: a fifth of the image side
+            side = float(size * rng.uniform(0.15, 0.25))
+        else:
+            # Log-uniform side: mostly COCO "small" (< 32 px) and "medium", a few "large".
+            side = float(np.exp(rng.uniform(math.log(8), math.log(size * 0.8))))
         aspect = rng.uniform(0.7, 1.4)
         w, h = min(size - 2, side * aspect), min(size - 2, side / aspect)
         x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
@@ -113,6 +118,7 @@ def generate_shapes_dataset(
     image_size: int = 128,
     seed: int = 0,
     num_unlabeled: int = 0,
+    mode: str = "standard",
 ) -> dict[str, tuple[Path, Path]]:
     """Writes `root/{train,val}/*.jpg` and `root/annotations/instances_{train,val}.json`.
 
@@ -125,12 +131,17 @@ def generate_shapes_dataset(
         num_unlabeled: images like the training ones, without annotations, in
             `root/unlabeled/` (from a generator of their own: the annotated images are the same
             with or without them).
+        mode: `"standard"` (1 to 5 objects of any scale) or `"small_dense"` (6 to 14 objects
+            per image, each a fifth of the side: 40 px boxes in 200 px images, as in a small
+            set of real photos of small, packed parts).
 
     Returns:
         `{"train": (images_dir, annotations_file), "val": (...)}`.
     """
     if image_size < 32:
         raise ValueError(f"Expected image_size >= 32. Received: image_size={image_size!r}.")
+    if mode not in MODES:
+        raise ValueError(f"Expected mode in {MODES}. Received: mode={mode!r}.")
     root = Path(root)
     photos = _backgrounds()
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(CLASS_NAMES)]
@@ -140,7 +151,7 @@ def generate_shapes_dataset(
         images, annotations = [], []
         (root / split).mkdir(parents=True, exist_ok=True)
         for image_id in range(1, count + 1):
-            image, objects = _image(photos, image_size, rng)
+            image, objects = _image(photos, image_size, rng, mode)
             name = f"{split}_{image_id:05d}.jpg"
             buffer = _jpeg(image)
             atomic_write_bytes(root / split / name, buffer)
@@ -170,9 +181,11 @@ def generate_shapes_dataset(
         rng = np.random.default_rng([seed, len(SPLITS)])
         (root / UNLABELED).mkdir(parents=True, exist_ok=True)
         for index in range(1, num_unlabeled + 1):
-            image, _ = _image(photos, image_size, rng)
+            image, _ = _image(photos, image_size, rng, mode)
             atomic_write_bytes(root / UNLABELED / f"unlabeled_{index:05d}.jpg", _jpeg(image))
         settings["num_unlabeled"] = num_unlabeled
+    if mode != "standard":
+        settings["mode"] = mode
     atomic_write_bytes(root / "dataset.json", json.dumps(settings).encode())
     return result
 
@@ -182,8 +195,11 @@ def ensure_shapes_dataset(root: str | os.PathLike, **kwargs) -> dict[str, tuple[
     root = Path(root)
     marker = root / "dataset.json"
     settings = {"num_train": 480, "num_val": 120, "image_size": 128, "seed": 0, **kwargs}
+    # Folders written before the pool and the modes existed match their defaults.
     if not settings.get("num_unlabeled"):
-        settings.pop("num_unlabeled", None)  # folders written before the pool existed match
+        settings.pop("num_unlabeled", None)
+    if settings.get("mode") == "standard":
+        settings.pop("mode")
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return {
             split: (root / split, root / "annotations" / f"instances_{split}.json")

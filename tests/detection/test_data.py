@@ -211,3 +211,20 @@ def test_small_boxes_get_a_warning_naming_an_image_size_that_resolves_them():
     assert "1.6 output cells across at image_size=32" in warning
     assert "about 64 gives 3 cells" in warning
     assert median_box_cells(_boxes_dataset([]), 64, 4) is None
+
+
+def test_the_small_dense_mode_packs_many_40_px_objects_into_200_px_images(tmp_path):
+    import json as json_lib
+
+    from detection.data.synthetic_shapes import generate_shapes_dataset
+
+    paths = generate_shapes_dataset(tmp_path, num_train=6, num_val=2, image_size=200,
+                                    mode="small_dense")  # fmt: skip
+    coco = json_lib.loads(paths["train"][1].read_text())
+    per_image = np.bincount([a["image_id"] for a in coco["annotations"]])[1:]
+    assert len(per_image) == 6 and per_image.min() >= 4 and per_image.max() <= 14
+    sides = [np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in coco["annotations"]]
+    assert 30 <= np.median(sides) <= 50
+    assert json_lib.loads((tmp_path / "dataset.json").read_text())["mode"] == "small_dense"
+    with pytest.raises(ValueError, match="Expected mode in"):
+        generate_shapes_dataset(tmp_path / "x", num_train=1, num_val=1, mode="sparse")
