@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from kd_keras.images import IMAGE_SUFFIXES, inspect_image
+from kd_keras.images import IMAGE_SUFFIXES, ImageReadError, inspect_image
 
 #: How many unreadable files an error lists by name.
 _LISTED = 5
@@ -36,11 +36,13 @@ class UnlabeledPool:
         images: `[n, ...]` float32, preprocessed exactly like the task's training inputs.
         source: the folder they were read from (or the built-in generator's name).
         ratio: unlabelled batches per labelled batch.
+        files: the image files, in the order of `images`.
     """
 
     images: np.ndarray
     source: str
     ratio: float
+    files: tuple[Path, ...] = ()
 
     def summary(self) -> dict:
         """`report["unlabeled"]`: where the pool is from, its size and mixing ratio."""
@@ -76,30 +78,34 @@ def list_unlabeled_folder(directory: str | os.PathLike) -> list[Path]:
 
 
 def read_unlabeled_folder(
-    directory: str | os.PathLike, read: Callable[[Path], np.ndarray]
-) -> np.ndarray:
-    """Every image under `directory`, each checked, then preprocessed by `read`.
+    directory: str | os.PathLike, read: Callable[[Path], np.ndarray], ratio: float = 1.0
+) -> UnlabeledPool:
+    """Every image under `directory`, preprocessed by `read`, as a pool mixed in at `ratio`.
 
-    All files are decoded once before any is kept, so one error names every unreadable file
+    Every file is read before the pool is made, so one error names every unreadable file
     (the first few, and how many there are).
 
     Args:
         directory: a folder of image files (any format `kd_keras.images` reads).
-        read: the task's preprocessing of one file into its input array.
+        read: the task's preprocessing of one file into its input array; it raises
+            `kd_keras.images.ImageReadError` for a file it cannot decode.
+        ratio: unlabelled batches per labelled batch (`mixing_order`).
 
     Returns:
-        `[n, ...]` float32 inputs, in the sorted order of the files.
+        The pool: `[n, ...]` float32 inputs in the sorted order of the files.
 
     Raises:
         FileNotFoundError: the folder does not exist.
         ValueError: no images in it, or files that cannot be read (named).
     """
     files = list_unlabeled_folder(directory)
-    problems = []
+    images, problems = [], []
     for path in files:
-        problem, _ = inspect_image(path)
-        if problem is not None:
-            problems.append(f"{path} ({problem})")
+        try:
+            images.append(read(path))
+        except ImageReadError:
+            problem, _ = inspect_image(path)
+            problems.append(f"{path} ({problem or 'image file cannot be read'})")
     if problems:
         listed = "; ".join(problems[:_LISTED])
         more = f" and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
@@ -107,7 +113,7 @@ def read_unlabeled_folder(
             f"{len(problems)} of the {len(files)} unlabelled images cannot be read: {listed}"
             f"{more}. Remove or replace them. Received: unlabeled_data={str(directory)!r}."
         )
-    return np.stack([read(path) for path in files]).astype(np.float32)
+    return UnlabeledPool(np.stack(images).astype(np.float32), str(directory), ratio, tuple(files))
 
 
 def mixing_order(labelled_batches: int, ratio: float) -> np.ndarray:

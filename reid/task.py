@@ -183,7 +183,7 @@ class ReIDTask(Task):
         terms, weights = self.kd_terms(stage, student)
         distiller = Distiller(teacher, student, terms, weights, settings.student_loss_weight)
         labelled = self._steps(stage)
-        steps = self.batches_per_epoch(labelled) if self.unlabeled is not None else labelled
+        steps = self.batches_per_epoch(labelled)
         distiller.compile(
             self._optimizer(stage, steps), loss=ReIDLoss(config.label_smoothing, config.margin)
         )

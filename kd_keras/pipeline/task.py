@@ -23,7 +23,6 @@ from kd_keras.methods.base import Method
 from kd_keras.pipeline.fingerprint import file_listing
 from kd_keras.unlabeled import (
     UnlabeledPool,
-    list_unlabeled_folder,
     mix_unlabeled,
     mixing_order,
     read_unlabeled_folder,
@@ -219,8 +218,7 @@ class Task(abc.ABC):
         if source is None:
             return None
         folder = self.builtin_unlabeled() if source == "builtin" else Path(source)
-        images = read_unlabeled_folder(folder, self.read_unlabeled)
-        return UnlabeledPool(images, str(folder), float(self.config.unlabeled_ratio))
+        return read_unlabeled_folder(folder, self.read_unlabeled, self.config.unlabeled_ratio)
 
     def with_unlabeled(
         self,
@@ -251,9 +249,9 @@ class Task(abc.ABC):
         """Batches in a distilled epoch of `labelled_batches` labelled ones: with an unlabelled
         pool, its batches mixed among them too (`kd_keras.unlabeled.mixing_order`). Schedules
         counted in steps (learning rate, temperature) span them all."""
-        if getattr(self.config, "unlabeled_data", None) is None:
+        if self.unlabeled is None:
             return labelled_batches
-        return len(mixing_order(labelled_batches, self.config.unlabeled_ratio))
+        return len(mixing_order(labelled_batches, self.unlabeled.ratio))
 
     def unlabeled_fingerprint(self) -> dict:
         """`{"unlabeled_files": digest}` of the pool's file listing (empty without a pool): a
@@ -261,7 +259,7 @@ class Task(abc.ABC):
         if self.unlabeled is None:
             return {}
         root = Path(self.unlabeled.source)
-        listing = json.dumps(file_listing(list_unlabeled_folder(root), root), sort_keys=True)
+        listing = json.dumps(file_listing(self.unlabeled.files, root), sort_keys=True)
         return {"unlabeled_files": hashlib.sha256(listing.encode()).hexdigest()}
 
     def check_teacher(self, teacher: keras.Model, path: str) -> None:

@@ -5,6 +5,7 @@ import tf_keras as keras
 from PIL import Image
 
 from kd_keras import Distiller, LogitsDistillation
+from kd_keras.images import read_resized
 from kd_keras.unlabeled import (
     UnlabeledPool,
     list_unlabeled_folder,
@@ -26,7 +27,7 @@ def _write_frames(folder, count, size=(9, 7)):
 
 
 def _read(path):
-    return np.asarray(Image.open(path).convert("L").resize((6, 6)), np.float32)[..., None] / 255
+    return read_resized(path, (6, 6), channels=1).astype(np.float32) / 255
 
 
 @pytest.mark.parametrize(
@@ -88,9 +89,10 @@ def test_read_unlabeled_folder_reads_subfolders_in_order(tmp_path):
         "cam_a/frame_000.png",
         "cam_a/frame_001.png",
     ]
-    images = read_unlabeled_folder(tmp_path / "pool", _read)
-    assert images.shape == (5, 6, 6, 1) and images.dtype == np.float32
-    np.testing.assert_array_equal(images[0], _read(files[0]))
+    pool = read_unlabeled_folder(tmp_path / "pool", _read, ratio=0.5)
+    assert pool.images.shape == (5, 6, 6, 1) and pool.images.dtype == np.float32
+    np.testing.assert_array_equal(pool.images[0], _read(files[0]))
+    assert pool.files == tuple(files) and pool.ratio == 0.5
 
 
 def test_bad_unlabeled_folders_are_refused_with_their_names(tmp_path):
