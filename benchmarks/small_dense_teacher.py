@@ -75,18 +75,19 @@ def main() -> None:
                 f"({result['steps']} steps, {result['seconds']:.0f} s)",
                 flush=True,
             )
-    for key in ("AP", "AP50"):
-        longer = [r[key] for r in runs["min_steps"]]
-        counted = [r[key] for r in runs["epoch_counted"]]
-        summary = stats.mean_interval(longer), stats.mean_interval(counted)
-        print(f"{key}: min_steps {stats.interval_text(summary[0])}; epoch-counted "
-              f"{stats.interval_text(summary[1])}")  # fmt: skip
-        if len(args.seeds) >= 2:
-            difference = stats.paired_difference(longer, counted)
-            print(f"  min_steps − epoch-counted {key}, paired: {stats.interval_text(difference)}")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "benchmark.json").write_text(json.dumps(runs, indent=2) + "\n")
+    for key in ("AP", "AP50"):
+        longer = [r[key] for r in runs["min_steps"]]
+        counted = [r[key] for r in runs["epoch_counted"]]
+        if len(args.seeds) < 2:
+            print(f"{key}: min_steps {longer[0]:.3f}; epoch-counted {counted[0]:.3f} (one seed)")
+            continue
+        print(f"{key}: min_steps {stats.mean_interval(longer).text()}; epoch-counted "
+              f"{stats.mean_interval(counted).text()}")  # fmt: skip
+        difference = stats.paired_difference(longer, counted)
+        print(f"  min_steps − epoch-counted {key}, paired: {difference.text()}")
 
 
 if __name__ == "__main__":
