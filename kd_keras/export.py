@@ -25,6 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kd_keras.io import atomic_write_bytes, atomic_write_json
+from kd_runtime.model import TFLiteModel as LiteRTModel
 
 Mode = Literal["float32", "float16", "dynamic", "int8"]
 MODES = ("float32", "float16", "dynamic", "int8")
@@ -158,26 +159,19 @@ def io_details(model: TFLiteModel) -> dict:
     }
 
 
-def tflite_predict(model: TFLiteModel, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Runs a single-input, single-output `.tflite` in LiteRT; returns float outputs.
+def tflite_predict(model: TFLiteModel, x: np.ndarray) -> np.ndarray:
+    """Runs a single-output `.tflite` in LiteRT (`kd_runtime.TFLiteModel`); float outputs.
 
     Inputs are quantized and outputs dequantized with the tensors' own parameters when the model
     has integer I/O, so the result compares directly with the Keras model's.
     """
-    interpreter = _interpreter(model)
-    x = np.asarray(x, dtype=np.float32)
-    input_index = interpreter.get_input_details()[0]["index"]
-    outputs = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size]
-        interpreter.resize_tensor_input(input_index, [len(chunk), *x.shape[1:]])
-        interpreter.allocate_tensors()
-        input_details = interpreter.get_input_details()[0]
-        output_details = interpreter.get_output_details()[0]
-        interpreter.set_tensor(input_details["index"], _quantize(chunk, input_details))
-        interpreter.invoke()
-        outputs.append(_dequantize(interpreter.get_tensor(output_details["index"]), output_details))
-    return np.concatenate(outputs)
+    runner = LiteRTModel(_content(model))
+    if len(runner.output_names) != 1:
+        raise ValueError(
+            f"Expected a .tflite with one output. Received: outputs={runner.output_names}."
+        )
+    (output,) = runner(np.asarray(x, dtype=np.float32)).values()
+    return output
 
 
 def evaluate_tflite(model: TFLiteModel, x: np.ndarray, y: np.ndarray) -> float:
@@ -231,7 +225,7 @@ def tflite_latency(
     interpreter.allocate_tensors()
     details = interpreter.get_input_details()[0]
     sample = np.random.default_rng(0).random(shape, dtype=np.float32)
-    interpreter.set_tensor(details["index"], _quantize(sample, details))
+    interpreter.set_tensor(details["index"], LiteRTModel(_content(model)).quantize(sample))
     for _ in range(warmup):
         interpreter.invoke()
     timings = []
@@ -260,19 +254,3 @@ def _interpreter(model: TFLiteModel, num_threads: int = 1):
     interpreter = Interpreter(model_content=_content(model), num_threads=num_threads)
     interpreter.allocate_tensors()
     return interpreter
-
-
-def _quantize(x: np.ndarray, details: dict) -> np.ndarray:
-    dtype = details["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        scale, zero_point = details["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-    return x.astype(dtype)
-
-
-def _dequantize(y: np.ndarray, details: dict) -> np.ndarray:
-    if np.issubdtype(details["dtype"], np.integer):
-        scale, zero_point = details["quantization"]
-        return (y.astype(np.float32) - zero_point) * scale
-    return y.astype(np.float32)

@@ -14,7 +14,11 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+import kd_runtime
+
 _MODEL_CODE = Path(__file__).with_name("litert_model.py")
+#: The robot runtime the pyfunc predicts through, kept with every logged model.
+_RUNTIME_CODE = Path(kd_runtime.__file__).parent
 
 
 def tflite_signature(tflite_path: str | os.PathLike) -> ModelSignature:
@@ -43,6 +47,7 @@ def save_tflite_model(
     path: str | os.PathLike,
     input_example: np.ndarray | None = None,
     calibration: Mapping | None = None,
+    bundle: str | os.PathLike | None = None,
 ) -> Path:
     """Saves `tflite_path` as a pyfunc model directory at `path` (replacing it atomically).
 
@@ -52,6 +57,7 @@ def save_tflite_model(
         input_example: a few real inputs `[n, ...]`; default one all-zero example.
         calibration: description of the int8 calibration data (dataset, examples, seed), kept in
             the model's metadata.
+        bundle: the run's deploy folder (`kd_runtime.bundle`), kept as the `bundle` artifact.
 
     Returns:
         `path`.
@@ -69,17 +75,21 @@ def save_tflite_model(
     path = Path(path)
     staging = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    _save(staging, tflite_path, signature, input_example, calibration)
+    _save(staging, tflite_path, signature, input_example, calibration, bundle)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(staging, path)
     return path
 
 
-def _save(staging, tflite_path: Path, signature, input_example, calibration) -> None:
+def _save(staging, tflite_path: Path, signature, input_example, calibration, bundle) -> None:
+    artifacts = {"tflite": str(tflite_path)}
+    if bundle is not None:
+        artifacts["bundle"] = str(bundle)
     mlflow.pyfunc.save_model(
         str(staging),
         python_model=str(_MODEL_CODE),
-        artifacts={"tflite": str(tflite_path)},
+        artifacts=artifacts,
+        code_paths=[str(_RUNTIME_CODE)],
         signature=signature,
         input_example=np.asarray(input_example, np.float32),
         pip_requirements=[_pinned("ai-edge-litert"), _pinned("numpy"), _pinned("mlflow")],
