@@ -27,7 +27,7 @@ from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, Online
 from kd_keras.methods.adversarial import AdversarialDistiller
 from kd_keras.models.graph import output_layer
 from kd_keras.models.inspect import final_activation
-from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
+from kd_keras.pipeline import DeploySpec, Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
 
 #: A student with LMA activations, distilled like the shipped one.
@@ -260,6 +260,23 @@ class ClassificationTask(Task):
     def evaluate_teacher(self, teacher: keras.Model) -> dict:
         return evaluation.evaluate_classifier(
             teacher, self.x_test, self.y_test, self.config, self._class_indices
+        )
+
+    def deploy_spec(self) -> DeploySpec:
+        """The `logits` output (softmax on the robot); the subset's names with `classes`."""
+        names = self.train.class_names
+        if self.subset is not None:
+            names = [names[index] for index in self.subset.class_indices]
+        channels = self.train.input_shape[-1]
+        # The digits are 0..16 samples (`load_digits`); image folders are 0..255 pixels.
+        std = 16.0 if self.config.data is None and self.config.builtin != "shapes" else 255.0
+        return DeploySpec(
+            task="classification",
+            classes=tuple(names),
+            heads={"logits": "logits"},
+            decoder={"activation": "softmax"},
+            normalization={"mean": 0.0, "std": std},
+            color="L" if channels == 1 else "RGB",
         )
 
     def evaluate_tflite(self, path: Path) -> dict:

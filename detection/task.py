@@ -22,14 +22,26 @@ from detection.centernet import OUTPUT_STRIDE, CenterNetDistiller, CenterNetLoss
 from detection.data import detection_dataset, load_images
 from detection.data.synthetic_shapes import UNLABELED
 from detection.evaluation import evaluate_detector, keras_predictor
-from detection.litert import LiteRTDetector
+from detection.litert import HEAD_ROLES, LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
 from kd_keras.images import read_image
 from kd_keras.methods import BUDGET, PROGRESSIVE
-from kd_keras.pipeline import Stage, Student, Task, Training, check_batch_size, table_columns
+from kd_keras.pipeline import (
+    DeploySpec,
+    Stage,
+    Student,
+    Task,
+    Training,
+    check_batch_size,
+    table_columns,
+)
 from kd_keras.pipeline.fingerprint import file_digest, file_listing
 from kd_keras.pipeline.progress import log
+
+#: Boxes a robot keeps by default (`bundle.json` decoder; `Detector(score_threshold=...)` and
+#: the runtime command line override it). COCOeval scores every box above 0.01 instead.
+DEPLOY_SCORE_THRESHOLD = 0.3
 
 
 class DetectionTask(Task):
@@ -218,6 +230,19 @@ class DetectionTask(Task):
 
     def evaluate(self, model: keras.Model) -> dict:
         return self._evaluate(keras_predictor(model))
+
+    def deploy_spec(self) -> DeploySpec:
+        """CenterNet heads; boxes above `DEPLOY_SCORE_THRESHOLD`, at most 100 per frame."""
+        return DeploySpec(
+            task="detection",
+            classes=tuple(self.train.class_names),
+            heads=HEAD_ROLES,
+            decoder={
+                "stride": OUTPUT_STRIDE,
+                "top_k": 100,
+                "score_threshold": DEPLOY_SCORE_THRESHOLD,
+            },
+        )
 
     def evaluate_tflite(self, path: Path) -> dict:
         return self._evaluate(LiteRTDetector(path))

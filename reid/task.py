@@ -21,7 +21,7 @@ from kd_keras import compress, schedules
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.images import read_resized
-from kd_keras.pipeline import Role, Stage, Student, Task, Training, table_columns
+from kd_keras.pipeline import DeploySpec, Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
 from reid import data as data_lib
 from reid.distillation import reid_kd_terms
@@ -196,6 +196,15 @@ class ReIDTask(Task):
 
     def evaluate(self, model: keras.Model) -> dict:
         return evaluate_dataset(keras_embedder(embedding_model(model)), self.data).as_dict()
+
+    def deploy_spec(self) -> DeploySpec:
+        """The embedding output, compared by cosine distance as in the evaluation."""
+        return DeploySpec(
+            task="reid",
+            classes=(),
+            heads={"embedding": "embedding"},
+            decoder={"embedding_dim": self.config.student_model.embedding_dim, "metric": "cosine"},
+        )
 
     def evaluate_tflite(self, path: Path) -> dict:
         return evaluate_dataset(lambda images: tflite_predict(path, images), self.data).as_dict()

@@ -34,3 +34,12 @@ def _op_determinism_off_after():
     with it off, as a new process does."""
     yield
     set_determinism(False)
+
+
+@pytest.fixture(scope="session")
+def robot_python(tmp_path_factory):
+    """The python of a virtual environment with only numpy, ai-edge-litert, Pillow (and what they
+    require) and `kd_runtime`: what a robot installs. See `tests.helpers.robot_python`."""
+    from tests.helpers import robot_python as make
+
+    return make(tmp_path_factory.mktemp("robot") / "venv")

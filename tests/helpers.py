@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tf_keras as keras
 
@@ -70,3 +72,74 @@ def assert_litert_agrees(
     if cosine is not None:
         assert measured["cosine"] > cosine, measured
     return measured
+
+
+def robot_python(root: Path, distributions=("numpy", "ai-edge-litert", "pillow")) -> Path:
+    """A virtual environment at `root` holding only `distributions` and what they require
+    (linked from this environment, nothing downloaded) plus `kd_runtime`; its python.
+
+    It is what `pip install ./runtime[images]` gives a robot: no TensorFlow, no kd-keras.
+    """
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    import kd_runtime
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = root / "lib" / version / "site-packages"
+    wanted, seen = list(distributions), set()
+    while wanted:
+        name = wanted.pop()
+        dist = metadata.distribution(name)
+        if dist.metadata["Name"].lower() in seen:
+            continue
+        seen.add(dist.metadata["Name"].lower())
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+        tops = {Path(f).parts[0] for f in dist.files or [] if ".." not in Path(f).parts}
+        for top in tops:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    (site / "kd_runtime").symlink_to(Path(kd_runtime.__file__).parent)
+    return root / "bin" / "python"
+
+
+#: Run by `robot_python`: proves the environment has no TensorFlow or kd-keras, then runs the
+#: bundle on `frames.npy` and saves what it found to `found.npz`.
+ROBOT_SCRIPT = """
+import importlib.util, sys
+import numpy as np
+for name in ("tensorflow", "tf_keras", "kd_keras", "keras", "cv2"):
+    assert importlib.util.find_spec(name) is None, name
+import kd_runtime
+bundle, folder = kd_runtime.load_bundle(sys.argv[1]), sys.argv[2]
+frames = list(np.load(folder + "/frames.npy"))
+if bundle.task == "detection":
+    found = kd_runtime.Detector(bundle, score_threshold=0.01).detect_all(frames)
+    np.savez(folder + "/found.npz", *[np.concatenate(
+        [f.boxes, f.scores[:, None], f.classes[:, None]], 1) for f in found])
+else:
+    np.savez(folder + "/found.npz", kd_runtime.Embedder(bundle).embed(frames))
+assert "tensorflow" not in sys.modules
+"""
+
+
+def run_on_robot(python: Path, bundle: Path, frames: np.ndarray, folder: Path) -> list:
+    """Runs `bundle` on uint8 `frames` in the robot environment; the arrays it found."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "frames.npy", frames)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(folder)}
+    subprocess.run(
+        [str(python), "-c", ROBOT_SCRIPT, str(bundle), str(folder)], check=True, cwd=folder, env=env
+    )
+    found = np.load(folder / "found.npz")
+    return [found[f"arr_{i}"] for i in range(len(found.files))]

@@ -20,6 +20,7 @@ from kd_keras.pipeline.resumable import (
 from kd_keras.pipeline.sequence import Prepared, prepare, run_pipeline
 from kd_keras.pipeline.task import (
     COST_COLUMNS,
+    DeploySpec,
     Phases,
     Role,
     Stage,
@@ -31,6 +32,7 @@ from kd_keras.pipeline.task import (
 
 __all__ = [
     "COST_COLUMNS",
+    "DeploySpec",
     "RERUN_SAFE_KEYS",
     "Phases",
     "Prepared",

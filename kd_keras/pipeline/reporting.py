@@ -117,8 +117,12 @@ class Reporter:
         record = session.finish(
             config_lib.to_dict(config),
             {key: value for key, value in report.items() if key != "seed_runs"},
-            {**artifacts, "config": Path(config.output_dir) / "config.yaml"},
+            {
+                **{key: path for key, path in artifacts.items() if key != "deploy"},
+                "config": Path(config.output_dir) / "config.yaml",
+            },
             tflite_path=tflite,
+            deploy=artifacts.get("deploy"),
             register_as=config.tracking.register_as if tflite else None,
             input_example=task.input_example(),
             calibration=calibration,

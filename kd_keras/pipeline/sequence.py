@@ -27,6 +27,7 @@ from kd_keras import config as config_lib
 from kd_keras.export import io_json_path, tflite_latency, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.deploy import write_deploy_bundle
 from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.distribute import make_strategy, worker_index
 from kd_keras.pipeline.progress import Heartbeat, log
@@ -130,6 +131,7 @@ class _Run:
         keras.utils.set_random_seed(config.seed + SEED_OFFSETS["compression"])
         compressed_rows, compression = self.compress(teacher, student)
         rows += compressed_rows
+        self.deploy(config_text, compression, rows[-1])
 
         report = {
             "task": self.task.name,
@@ -153,6 +155,23 @@ class _Run:
             )
             atomic_write_json(output / "report.json", report)
         return report
+
+    def deploy(self, config_text: str, compression: dict, shipped_row: dict) -> None:
+        """Writes `deploy/` (the shipped `.tflite` and its `bundle.json`) when it was exported."""
+        tflite = self.artifacts.get("student_tflite")
+        spec = self.task.deploy_spec()
+        if tflite is None or spec is None:
+            return
+        folder = write_deploy_bundle(
+            spec,
+            Path(tflite),
+            self.output,
+            mode=compression["export"]["mode"],
+            config_text=config_text,
+            metrics={key: shipped_row.get(key) for key in (*self.task.metric_keys, "latency_ms")},
+        )
+        self.artifacts["deploy"] = str(folder)
+        log.info("deploy bundle written to %s", folder)
 
     def epoch_losses(self) -> dict[str, list[float]]:
         """Every finished stage's training loss at each epoch, by stage name, in stage order

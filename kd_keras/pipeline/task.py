@@ -144,6 +144,26 @@ class Phases(Protocol):
         `report["student_details"][<label>]`."""
 
 
+@dataclasses.dataclass(frozen=True)
+class DeploySpec:
+    """A task's part of the deploy bundle (`kd_runtime.bundle.write_bundle`).
+
+    `heads` maps each output layer name of the deployable model to its bundle role; the
+    exported signature keeps those names, or prefixes them (`quant_heatmap` after QAT).
+    `normalization` is `{"mean": m, "std": s}`: the model sees `(pixel − m) / s`.
+    """
+
+    task: str
+    classes: tuple[str, ...]
+    heads: Mapping[str, str]
+    decoder: Mapping[str, object]
+    normalization: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"mean": 0.0, "std": 255.0}
+    )
+    color: str = "RGB"
+    resize: str = "stretch"
+
+
 class Task(abc.ABC):
     """The task-specific half of a recipe; the config is the recipe's, validated.
 
@@ -411,6 +431,10 @@ class Task(abc.ABC):
         """A few real inputs, kept with the registered model (default: two calibration ones)."""
         return self.calibration_images()[:2]
 
+    def deploy_spec(self) -> DeploySpec | None:
+        """What the deploy bundle says about the shipped model (default: no bundle is written)."""
+        return None
+
     def pictures(self, folder: Path, models: Mapping[str, object]) -> dict[str, Path]:
         """Pictures of what the models predict, for MLflow (default: none).
 
@@ -446,6 +470,7 @@ def table_columns(
 
 __all__ = [
     "COST_COLUMNS",
+    "DeploySpec",
     "Phases",
     "Role",
     "Stage",

@@ -122,6 +122,7 @@ class RunSession:
         artifacts: Mapping[str, str | os.PathLike] | None = None,
         *,
         tflite_path: str | os.PathLike | None = None,
+        deploy: str | os.PathLike | None = None,
         register_as: str | None = None,
         input_example: np.ndarray | None = None,
         calibration: Mapping | None = None,
@@ -140,6 +141,8 @@ class RunSession:
                 `tflite/`, others under `files/`).
             tflite_path: the `.tflite` student that ships; logged as a LiteRT pyfunc model
                 (`tflite_model`) and its size as `tflite_size_kb`.
+            deploy: the run's deploy folder (`kd_runtime.bundle`), kept in the pyfunc model as
+                its `bundle` artifact, so every registered version carries it.
             register_as: registered model name for a new version with alias `challenger`.
             input_example: a few real inputs for the pyfunc model.
             calibration: description of the int8 calibration data (dataset, examples, seed).
@@ -214,7 +217,7 @@ class RunSession:
             bundle["artifacts"].append([str(tflite_path), "tflite"])
             try:
                 model_dir = save_tflite_model(
-                    tflite_path, files / MODEL_ARTIFACT, input_example, calibration
+                    tflite_path, files / MODEL_ARTIFACT, input_example, calibration, deploy
                 )
                 bundle["model"] = str(model_dir.resolve())
             except Exception as error:  # noqa: BLE001

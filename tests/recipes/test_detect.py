@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import tf_keras as keras
 
-from detection.data import load_data
+from detection.centernet import decode_detections
+from detection.data import load_data, load_images
 from detection.evaluation import evaluate_detector
 from detection.litert import LiteRTDetector
 from kd_keras import config as config_lib
 from recipes import detect
+from tests.helpers import run_on_robot
 
 CONFIGS = Path(detect.__file__).parent / "configs"
 TINY = [
@@ -30,7 +32,7 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_tiny_run_trains_exports_and_evaluates(tmp_path):
+def test_tiny_run_trains_exports_and_evaluates(tmp_path, robot_python):
     output = tmp_path / "run"
     args = [*TINY, "--set", f"builtin_dir={tmp_path / 'shapes'}", "--output-dir", str(output)]
     store = f"sqlite:///{tmp_path}/mlflow.db"
@@ -63,6 +65,23 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     assert again["AP"] == pytest.approx(int8["AP"], abs=1e-9)
     student = keras.models.load_model(output / "student.keras")
     assert [o.shape[-1] for o in student.outputs] == [4, 2, 2]
+    # The deploy bundle, run by the robot runtime in an environment without TensorFlow, finds
+    # the boxes and scores of the in-process LiteRT evaluation.
+    bundle = json.loads((output / "deploy" / "bundle.json").read_text())
+    assert bundle["task"] == "detection" and bundle["classes"] == list(val.class_names)
+    assert bundle["source"]["metrics"]["AP"] == pytest.approx(int8["AP"])
+    assert (output / "deploy" / "model.tflite").read_bytes() == (
+        output / "student_int8.tflite"
+    ).read_bytes()
+    images = load_images(val, (32, 32))
+    heads = LiteRTDetector(output / "student_int8.tflite")(images / np.float32(255.0))
+    expected = decode_detections(*heads, 4, 100, 0.01)
+    found = run_on_robot(robot_python, output / "deploy", images, tmp_path / "robot")
+    assert sum(len(f) for f in found) > 0
+    for want, got in zip(expected, found, strict=True):
+        np.testing.assert_allclose(got[:, :4], want.boxes, atol=1e-4)
+        np.testing.assert_allclose(got[:, 4], want.scores, rtol=1e-6)
+        np.testing.assert_array_equal(got[:, 5], want.classes)
     # Recorded in MLflow, the int8 file registered as the challenger with its LiteRT AP.
     from mlflow.tracking import MlflowClient
 
@@ -75,6 +94,18 @@ def test_tiny_run_trains_exports_and_evaluates(tmp_path):
     assert client.get_metric_history(run.info.run_id, "qat/loss")
     version = client.get_model_version_by_alias("detect-student", "challenger")
     assert version.run_id == run.info.run_id
+    # The registered model carries the bundle and predicts through the runtime.
+    import mlflow
+
+    model_uri = f"models:/detect-student/{version.version}"
+    mlflow.set_tracking_uri(store)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    assert (local / "artifacts" / "deploy" / "bundle.json").read_text() == (
+        output / "deploy" / "bundle.json"
+    ).read_text()
+    predicted = mlflow.pyfunc.load_model(model_uri).predict(images[:2] / np.float32(255.0))
+    heatmaps = [v for v in predicted.values() if v.shape[-1] == 4]
+    np.testing.assert_array_equal(heatmaps[0], heads[0][:2])
 
 
 def test_shipped_config_equals_defaults():

@@ -6,10 +6,11 @@ import pytest
 import tf_keras as keras
 
 from kd_keras import config as config_lib
+from kd_keras.export import tflite_predict
 from recipes import reid
 from reid.models import embedding_model
 from reid.synthetic import SyntheticConfig, write_synthetic_market1501
-from tests.helpers import assert_litert_agrees
+from tests.helpers import assert_litert_agrees, run_on_robot
 
 CONFIGS = Path(reid.__file__).parent / "configs"
 TINY_DATA = SyntheticConfig(
@@ -35,7 +36,7 @@ TINY = [
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_run(tmp_path):
+def test_tiny_end_to_end_run(tmp_path, robot_python):
     data = write_synthetic_market1501(tmp_path / "market", TINY_DATA)
     output = tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -85,6 +86,19 @@ def test_tiny_end_to_end_run(tmp_path):
     assert (output / "student_int8.tflite").is_file() and (
         output / "student_int8.io.json"
     ).is_file()
+    # The deploy bundle, in the robot runtime without TensorFlow, embeds the query crops as the
+    # in-process LiteRT evaluation does (cosine metric: L2-normalised).
+    bundle = json.loads((output / "deploy" / "bundle.json").read_text())
+    assert bundle["task"] == "reid" and bundle["decoder"]["metric"] == "cosine"
+    crops = np.stack(
+        [np.asarray(keras.utils.load_img(p)) for p in sorted((data / "query").iterdir())]
+    )
+    assert crops.shape[1:3] == tuple(bundle["input"][k] for k in ("height", "width"))
+    (embeddings,) = run_on_robot(robot_python, output / "deploy", crops, tmp_path / "robot")
+    expected = tflite_predict(output / "student_int8.tflite", crops / np.float32(255.0))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert embeddings.shape == (len(crops), bundle["decoder"]["embedding_dim"])
+    np.testing.assert_allclose(embeddings, expected, atol=1e-6)
 
 
 def test_shipped_config_equals_defaults():
