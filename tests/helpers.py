@@ -74,24 +74,69 @@ def assert_litert_agrees(
     return measured
 
 
-def robot_python(root: Path, distributions=("numpy", "ai-edge-litert", "pillow")) -> Path:
-    """A virtual environment at `root` holding only `distributions` and what they require
-    (linked from this environment, nothing downloaded) plus `kd_runtime`; its python.
+def runtime_wheel(folder: Path) -> Path:
+    """The `kd-keras-runtime` wheel built from a copy of `runtime/` into `folder` (offline)."""
+    import shutil
+    import subprocess
+    import sys
 
-    It is what `pip install ./runtime[images]` gives a robot: no TensorFlow, no kd-keras.
+    source = folder / "source"
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "runtime",
+        source,
+        ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"),
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(folder), str(source)],
+        cwd=folder,
+        check=True,
+    )
+    (wheel,) = folder.glob("kd_keras_runtime-*.whl")
+    return wheel
+
+
+def wheel_requirements(wheel: Path, extras: tuple[str, ...] = ()) -> list[str]:
+    """The distributions `wheel` requires, with `extras`: its `Requires-Dist` lines."""
+    import zipfile
+    from email.parser import Parser
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        fields = Parser().parsestr(archive.read(name).decode())
+    names = []
+    for text in fields.get_all("Requires-Dist") or []:
+        requirement = Requirement(text)
+        marker = requirement.marker
+        if marker is None or any(marker.evaluate({"extra": e}) for e in extras):
+            names.append(requirement.name)
+    return names
+
+
+def robot_python(root: Path, extras: tuple[str, ...] = ("images",)) -> Path:
+    """A virtual environment at `root` holding what `pip install ./runtime[images]` gives a
+    robot, and nothing else; its python.
+
+    The runtime's wheel is built from `runtime/` and unpacked into the environment; the
+    distributions its metadata requires (numpy, ai-edge-litert, Pillow) and theirs are linked
+    from this environment, so nothing is downloaded. No TensorFlow, no kd-keras.
     """
     import subprocess
     import sys
+    import zipfile
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
-    import kd_runtime
-
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     site = root / "lib" / version / "site-packages"
-    wanted, seen = list(distributions), set()
+    wheel = runtime_wheel(root.parent / "wheel")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    wanted, seen = wheel_requirements(wheel, extras), set()
     while wanted:
         name = wanted.pop()
         dist = metadata.distribution(name)
@@ -107,7 +152,6 @@ def robot_python(root: Path, distributions=("numpy", "ai-edge-litert", "pillow")
             source = Path(dist.locate_file(top))
             if source.exists() and not (site / top).exists():
                 (site / top).symlink_to(source)
-    (site / "kd_runtime").symlink_to(Path(kd_runtime.__file__).parent)
     return root / "bin" / "python"
 
 
@@ -125,6 +169,8 @@ if bundle.task == "detection":
     found = kd_runtime.Detector(bundle, score_threshold=0.01).detect_all(frames)
     np.savez(folder + "/found.npz", *[np.concatenate(
         [f.boxes, f.scores[:, None], f.classes[:, None]], 1) for f in found])
+elif bundle.task == "classification":
+    np.savez(folder + "/found.npz", kd_runtime.Classifier(bundle).probabilities(frames))
 else:
     np.savez(folder + "/found.npz", kd_runtime.Embedder(bundle).embed(frames))
 assert "tensorflow" not in sys.modules

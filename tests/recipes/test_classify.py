@@ -10,6 +10,7 @@ from classification.subset import load_class_mapping
 from kd_keras import config as config_lib
 from kd_keras.models import build_cnn_classifier
 from recipes import classify
+from tests.helpers import run_on_robot
 
 FAST = [
     "--epochs",
@@ -119,6 +120,23 @@ def test_default_run_ships_pruned_int8_student_checked_in_litert(default_run):
     assert io == json.loads(json.dumps(report["compression"]["export"]["io"]))
     assert io["inputs"][0]["shape"] == [1, 8, 8, 1] and io["mode"] == "int8"
     assert export.io_details(path)["outputs"][0]["dtype"] == io["outputs"][0]["dtype"]
+
+
+@pytest.mark.slow
+def test_default_run_deploy_bundle_classifies_on_the_robot(default_run, robot_python, tmp_path):
+    from kd_keras import export
+    from kd_runtime import load_bundle
+
+    bundle = load_bundle(default_run / "deploy")
+    assert bundle.task == "classification" and bundle.classes == tuple(str(d) for d in range(10))
+    assert bundle.model_path.read_bytes() == (default_run / "student_int8.tflite").read_bytes()
+    # The robot sees the digits' own 0..16 samples as uint8 pixels; the bundle divides by 16.
+    digits = load_digits()
+    frames = np.rint(digits.x[:16] * 16).astype(np.uint8)
+    (probabilities,) = run_on_robot(robot_python, default_run / "deploy", frames, tmp_path)
+    logits = export.tflite_predict(default_run / "student_int8.tflite", digits.x[:16])
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(probabilities, expected / expected.sum(1, keepdims=True), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -237,3 +237,33 @@ def test_output_roles_follow_prefixed_names():
     assert output_roles(names, HEAD_ROLES) == dict(zip(names, HEAD_ROLES.values()))
     with pytest.raises(ValueError, match="Cannot find the 'heatmap' output"):
         output_roles(["logits"], HEAD_ROLES)
+
+
+def test_runtime_wheel_requires_numpy_and_litert_alone(tmp_path):
+    import zipfile
+
+    from tests.helpers import runtime_wheel, wheel_requirements
+
+    wheel = runtime_wheel(tmp_path)
+    assert sorted(wheel_requirements(wheel)) == ["ai-edge-litert", "numpy"]
+    assert wheel_requirements(wheel, ("images",))[-1] == "pillow"
+    assert wheel_requirements(wheel, ("video",))[-1] == "opencv-python-headless"
+    with zipfile.ZipFile(wheel) as archive:
+        sources = [n for n in archive.namelist() if n.endswith(".py")]
+        assert {n.split("/")[0] for n in sources} == {"kd_runtime"}
+        for name in sources:
+            text = archive.read(name).decode()
+            assert "import tensorflow" not in text and "kd_keras" not in text, name
+
+
+def test_robot_environment_gives_the_in_process_boxes(detector_bundle, robot_python, tmp_path):
+    from tests.helpers import run_on_robot
+
+    bundle, tflite = detector_bundle
+    images = frames(3, seed=5)
+    found = run_on_robot(robot_python, bundle, images, tmp_path)
+    expected = Detector(bundle, score_threshold=0.01).detect_all(list(images))
+    assert len(found) == 3 and sum(len(f) for f in expected) > 0
+    for got, want in zip(found, expected, strict=True):
+        np.testing.assert_allclose(got[:, :4], want.boxes, atol=1e-4)
+        np.testing.assert_allclose(got[:, 4], want.scores, atol=1e-6)
