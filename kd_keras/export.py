@@ -7,7 +7,8 @@
 
 Modes: `float32`; `float16` (weights stored as float16); `dynamic` (int8 weights, float
 activations); `int8` (full integer: weights and activations int8, ranges from QAT or from a
-representative dataset; I/O float by default, int8 with `int8_io=True`).
+representative dataset; I/O float by default, int8 with `int8_io=True`; camera-native uint8
+pixels in with `pixel_input=(mean, std)`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def to_tflite(
     *,
     representative_data: np.ndarray | Iterable | None = None,
     int8_io: bool = False,
+    pixel_input: tuple[float, float] | None = None,
     path: str | os.PathLike | None = None,
 ) -> bytes:
     """Converts a functional tf_keras model (plain, pruned-and-stripped or QAT) to TFLite.
@@ -66,6 +68,11 @@ def to_tflite(
         representative_data: for `int8` of a model without QAT: an array of preprocessed inputs
             (up to 100 are drawn) or a generator function as the converter expects.
         int8_io: `int8` only: int8 input/output tensors instead of float ones.
+        pixel_input: `int8` only: `(mean, std)` of the model's input normalisation
+            `x = (pixel − mean) / std`; the file then takes uint8 pixels as they are (camera-
+            native input: its input tensor is uint8 with scale `1 / std` and zero point `mean`,
+            requantized to the model's own int8 input range by its first op), so the robot does
+            no float preprocessing. `mean` must be an integer in 0..255.
         path: when given, the flatbuffer is written there and the inputs' and outputs' dtype,
             shape and quantization (scale, zero point) to `<path stem>.io.json` beside it.
 
@@ -74,8 +81,9 @@ def to_tflite(
 
     Raises:
         TypeError: a subclassed or Keras 3 model.
-        ValueError: an unknown mode, `int8_io` outside `int8`, or `int8` for a model without
-            QAT and without `representative_data`.
+        ValueError: an unknown mode, `int8_io` or `pixel_input` outside `int8`, a `pixel_input`
+            that uint8 cannot hold, or `int8` for a model without QAT and without
+            `representative_data`.
     """
     from kd_keras.compress.prune import is_pruned
     from kd_keras.compress.quantize import is_quantize_aware
@@ -88,6 +96,8 @@ def to_tflite(
         raise ValueError(
             f"int8 inputs/outputs need mode='int8'. Received: mode={mode!r}, int8_io=True."
         )
+    if pixel_input is not None:
+        check_pixel_input(pixel_input, mode)
     if is_pruned(model):
         raise ValueError(
             "Strip the pruning wrappers before export: kd_keras.compress.strip(model). "
@@ -125,12 +135,57 @@ def to_tflite(
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
+        if pixel_input is not None:
+            converter.inference_input_type = tf.uint8
     flatbuffer = converter.convert()
+    if pixel_input is not None:
+        mean, std = pixel_input
+        flatbuffer = with_input_quantization(flatbuffer, 1.0 / std, int(mean))
     if path is not None:
         path = Path(path)
         atomic_write_bytes(path, flatbuffer)
         atomic_write_json(io_json_path(path), {"mode": mode, **io_details(flatbuffer)})
     return flatbuffer
+
+
+def check_pixel_input(pixel_input: tuple[float, float], mode: str = "int8") -> None:
+    """Raises `ValueError` unless `(mean, std)` can describe uint8 pixels of an int8 file."""
+    mean, std = pixel_input
+    if mode != "int8":
+        raise ValueError(
+            f"Camera-native uint8 input needs mode='int8'. Received: mode={mode!r}, "
+            f"pixel_input={pixel_input}."
+        )
+    if not (float(mean).is_integer() and 0 <= mean <= 255 and std > 0):
+        raise ValueError(
+            "Camera-native uint8 input needs an integer mean in 0..255 and a positive std "
+            f"(the input's zero point and 1 / scale). Received: pixel_input={pixel_input}."
+        )
+
+
+def with_input_quantization(flatbuffer: bytes, scale: float, zero_point: int) -> bytes:
+    """The `.tflite` with its one integer input tensor's quantization set to `(scale,
+    zero_point)`.
+
+    Only valid where every op reading the input is a QUANTIZE op (the converter's requantize
+    from the input type to the model's int8 range): that op then maps the new input range to
+    the same internal int8 values, so the model computes what it did, from new input units.
+    """
+    from kd_keras.compat import flatbuffer_utils, tflite_schema
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    (index,) = graph.inputs
+    readers = [op for op in graph.operators if index in op.inputs]
+    codes = {model.operatorCodes[op.opcodeIndex].builtinCode for op in readers}
+    if codes != {tflite_schema.BuiltinOperator.QUANTIZE}:
+        raise ValueError(
+            "Expected the converted model's input to feed only QUANTIZE ops, so that its "
+            f"quantization can change. Received: ops {sorted(codes)} read it."
+        )
+    quantization = graph.tensors[index].quantization
+    quantization.scale, quantization.zeroPoint = [float(scale)], [int(zero_point)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def io_json_path(path: str | os.PathLike) -> Path:

@@ -73,6 +73,8 @@ RERUN_SAFE_KEYS = (
 _COMPRESSION_STAGES = ("lowrank", "pruned", "qat")
 _STAGES_CHANGED_BY = (
     ("compress.export", ()),
+    ("compress.int8_io", ()),
+    ("compress.camera_input", ()),
     ("compress.calibration_images", ("qat",)),
     ("compress.qat_epochs", ("qat",)),
     ("compress.sparsity", ("pruned", "qat")),

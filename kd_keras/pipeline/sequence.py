@@ -24,7 +24,7 @@ import yaml
 
 from kd_keras import compress
 from kd_keras import config as config_lib
-from kd_keras.export import io_json_path, tflite_latency, to_tflite
+from kd_keras.export import check_pixel_input, io_json_path, tflite_latency, to_tflite
 from kd_keras.io import atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
 from kd_keras.pipeline.deploy import write_deploy_bundle
@@ -89,9 +89,28 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
         with strategy.scope():
             teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
+    if config.compress.camera_input:
+        pixel_input_of(task)
     plain = [student.stage for student in task.students() if not student.distilled]
     state = run_state(config, task.data_fingerprint(), plain, task.unlabeled_fingerprint())
     return Prepared(task, teacher, state, config, strategy)
+
+
+def pixel_input_of(task: Task) -> tuple[float, float]:
+    """`(mean, std)` of the task's pixel normalisation, for a camera-native `.tflite`."""
+    spec = task.deploy_spec()
+    if spec is None:
+        raise config_lib.ConfigError(
+            f"compress.camera_input needs the {task.name} task's deploy description "
+            "(Task.deploy_spec) to know its pixel normalisation: set camera_input=false. "
+            "Received: no deploy_spec."
+        )
+    pixel_input = float(spec.normalization["mean"]), float(spec.normalization["std"])
+    try:
+        check_pixel_input(pixel_input)
+    except ValueError as error:
+        raise config_lib.ConfigError(f"compress.camera_input: {error}") from None
+    return pixel_input
 
 
 def run_pipeline(prepared: Prepared, session=None) -> dict:
@@ -335,7 +354,7 @@ class _Run:
             )
             rows.append(row)
         if mode is not None:
-            rows.append(self.export(model, base, mode, seconds, details))
+            rows += self.export(model, base, mode, seconds, details)
         return rows, details
 
     def lowrank(self, teacher, student) -> tuple[keras.Model, dict, dict]:
@@ -370,20 +389,39 @@ class _Run:
             training = self.task.distilled(teacher, model, stage)
         return self.fit(training, stage, stage.name, callbacks)
 
-    def export(self, model, base, mode: str, seconds: float, details: dict) -> dict:
-        """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT."""
-        task = self.task
+    def export(self, model, base, mode: str, seconds: float, details: dict) -> list[dict]:
+        """Writes `student_<mode>.tflite` (+ `.io.json`) and measures it in LiteRT.
+
+        With `compress.camera_input` the shipped file takes uint8 pixels; the same model with
+        float input is exported beside it (`student_int8_float_input.tflite`) and measured in
+        the row before, so the two can be compared.
+        """
+        task, settings = self.task, self.config.compress
+        deployable = task.deployable(model)
+        calibrate = mode == "int8" and not compress.is_quantize_aware(model)
+        # Calibration images go through the training preprocessing (no augmentation).
+        calibration = self.calibration_images() if calibrate else None
+        rows, pixel_input = [], None
+        if settings.camera_input:
+            pixel_input = pixel_input_of(task)
+            float_input = self.output / f"student_{mode}_float_input.tflite"
+            self.heartbeat.what = f"exporting the student to {mode} TFLite with float input"
+            to_tflite(deployable, mode, representative_data=calibration, path=float_input)
+            self.artifacts["student_tflite_float_input"] = str(float_input)
+            rows.append(
+                self.reporter.tflite_row(
+                    f"student ({mode} TFLite, float input, LiteRT)", float_input, base, None
+                )
+            )
         path = self.output / f"student_{mode}.tflite"
         self.heartbeat.what = f"exporting the student to {mode} TFLite"
         log.info("exporting the student to %s", path.name)
-        deployable = task.deployable(model)
-        calibrate = mode == "int8" and not compress.is_quantize_aware(model)
         to_tflite(
             deployable,
             mode,
-            # Calibration images go through the training preprocessing (no augmentation).
-            representative_data=self.calibration_images() if calibrate else None,
-            int8_io=self.config.compress.int8_io,
+            representative_data=calibration,
+            int8_io=settings.int8_io,
+            pixel_input=pixel_input,
             path=path,
         )
         details["export"] = {
@@ -393,11 +431,20 @@ class _Run:
         }
         self.artifacts["student_tflite"] = str(path)
         self.artifacts["student_tflite_io"] = str(io_json_path(path))
+        label = f"student ({mode} TFLite, uint8 camera input, LiteRT)" if pixel_input else None
         row = self.reporter.tflite_row(
-            f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1)
+            label or f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1)
         )
         row["sparsity"] = compress.kernel_sparsity(model)
-        return row
+        if pixel_input:
+            rows[0]["sparsity"] = row["sparsity"]
+            details["export"]["camera_input"] = {
+                "normalization": {"mean": pixel_input[0], "std": pixel_input[1]},
+                "minus_float_input": {
+                    key: row[key] - rows[0][key] for key in task.metric_keys if key in row
+                },
+            }
+        return [*rows, row]
 
     def calibration_images(self) -> np.ndarray:
         if self._calibration is None:

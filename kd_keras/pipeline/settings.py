@@ -59,7 +59,9 @@ class CompressSettings(ConfigModel):
     `prune_epochs` and `qat_epochs` are the fine-tuning budgets (`qat_epochs: 0` exports with
     post-training int8 instead); `calibration_images` training images set the int8 ranges.
     `export` writes `student_<mode>.tflite`, measured in LiteRT (`null`: no file); `int8_io`
-    makes an int8 file take and return int8 tensors.
+    makes an int8 file take and return int8 tensors; `camera_input` makes it take uint8 pixels
+    as the camera gives them (no float preprocessing on the robot), with a float-input file
+    measured beside it.
     `lowrank > 0` first factors every k×k conv into a k×1 and a 1×k conv of rank
     `lowrank · channels` (`kd_keras.compress.decompose`, exact SVD start; only where it saves
     parameters), then recovers for `lowrank_epochs` while distilling.
@@ -74,6 +76,7 @@ class CompressSettings(ConfigModel):
     calibration_images: int = Field(64, ge=1)
     export: ExportMode | None = "int8"
     int8_io: bool = False
+    camera_input: bool = False
 
     @pydantic.model_validator(mode="after")
     def _check_export(self):
@@ -81,6 +84,11 @@ class CompressSettings(ConfigModel):
             raise ConfigError(
                 "compress.int8_io=true needs export=int8. "
                 f"Received: int8_io=True, export={self.export!r}."
+            )
+        if self.camera_input and self.export != "int8":
+            raise ConfigError(
+                "compress.camera_input=true makes a full-integer file take uint8 pixels, so it "
+                f"needs export=int8. Received: camera_input=True, export={self.export!r}."
             )
         if self.qat_epochs > 0 and self.export not in ("int8", None):
             raise ConfigError(

@@ -61,6 +61,37 @@ def test_full_int8_with_representative_data(trained, tmp_path):
     assert export.tflite_size(path)["bytes"] < 0.6 * float32
 
 
+@pytest.mark.parametrize("qat", [False, True], ids=["calibrated", "qat"])
+def test_camera_native_input_takes_pixels_and_computes_the_float_input_outputs(trained, qat):
+    from kd_runtime import TFLiteModel
+
+    model, x, y = trained
+    # Camera pixels p, normalised as x = (p − 128) / std: the inputs are whole pixel values.
+    std = 127.0 / float(np.abs(x).max())
+    pixels = np.clip(np.rint(x * std + 128), 0, 255).astype(np.uint8)
+    x = (pixels.astype(np.float32) - 128) / std
+    model = compress.quantize_aware(model) if qat else model
+    calibration = None if qat else x[:64]
+    floats = export.to_tflite(model, "int8", representative_data=calibration)
+    native = export.to_tflite(
+        model, "int8", representative_data=calibration, pixel_input=(128, std)
+    )
+    details = export.io_details(native)["inputs"][0]
+    assert details["dtype"] == "uint8"
+    assert details["scale"] == pytest.approx(1 / std) and details["zero_point"] == 128
+    (from_pixels,) = TFLiteModel(native)(pixels).values()
+    np.testing.assert_allclose(from_pixels, export.tflite_predict(floats, x), atol=1e-6)
+    assert export.evaluate_tflite(native, x, y) == export.evaluate_tflite(floats, x, y)
+
+
+def test_camera_native_input_is_refused_where_uint8_cannot_carry_it(trained):
+    model, x, _ = trained
+    with pytest.raises(ValueError, match="needs mode='int8'"):
+        export.to_tflite(model, "float32", pixel_input=(0, 255))
+    with pytest.raises(ValueError, match="integer mean in 0..255"):
+        export.to_tflite(model, "int8", representative_data=x, pixel_input=(127.5, 127.5))
+
+
 def test_int8_without_representative_data_fails_clearly(trained):
     model, _, _ = trained
     with pytest.raises(ValueError, match="needs a representative dataset"):

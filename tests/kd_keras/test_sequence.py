@@ -282,3 +282,12 @@ def test_bad_unlabelled_data_is_refused_before_any_training(tmp_path):
     with pytest.raises(ValueError, match="builtin is the pool of a built-in data generator"):
         prepare(PoolToyTask, _config(tmp_path / "out", unlabeled_data="builtin"))
     assert not (tmp_path / "out" / "run_state.json").exists()
+
+
+def test_camera_input_is_refused_before_training_where_it_cannot_ship(tmp_path):
+    config = _config(tmp_path / "out", compress={"camera_input": True})
+    with pytest.raises(ConfigError, match="needs the toy task's deploy description"):
+        prepare(ToyTask, config)
+    assert not (tmp_path / "out" / "run_state.json").exists()
+    with pytest.raises(ValueError, match="camera_input=true .* needs export=int8"):
+        CompressSettings(camera_input=True, export="float32", qat_epochs=0)

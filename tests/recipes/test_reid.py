@@ -32,6 +32,8 @@ TINY = [
     # Big enough for int8 to shrink it: at this width a 32-d MobileNet-like student is mostly
     # per-tensor quantization parameters.
     "--set", "student_model.backbone=resnet", "--set", "student_model.embedding_dim=64",
+    # The shipped file takes camera pixels; its float-input twin is measured beside it.
+    "--set", "compress.camera_input=true",
 ]  # fmt: skip
 
 
@@ -51,7 +53,8 @@ def test_tiny_end_to_end_run(tmp_path, robot_python):
         "student (KD dynamic T, exponential)",
         "student (int8 PTQ TFLite, LiteRT)",
         "student (pruned 30%, QAT)",
-        "student (int8 TFLite, LiteRT)",
+        "student (int8 TFLite, float input, LiteRT)",
+        "student (int8 TFLite, uint8 camera input, LiteRT)",
     ]
     for row in rows.values():
         assert 0 <= row["rank1"] <= row["rank5"] <= 1 and 0 < row["mAP"] <= 1
@@ -60,7 +63,13 @@ def test_tiny_end_to_end_run(tmp_path, robot_python):
         if name != "student (pruned 30%, QAT)":  # fake-quantized: its size is the .tflite's
             assert row["latency_ms"] > 0 and row["size_bytes"] > 0, name
     assert rows["teacher"]["params"] > 2 * rows["student (scratch)"]["params"]
-    int8 = rows["student (int8 TFLite, LiteRT)"]
+    int8 = rows["student (int8 TFLite, uint8 camera input, LiteRT)"]
+    float_input = rows["student (int8 TFLite, float input, LiteRT)"]
+    camera = report["compression"]["export"]["camera_input"]
+    assert camera["normalization"] == {"mean": 0.0, "std": 255.0}
+    assert camera["minus_float_input"]["mAP"] == pytest.approx(int8["mAP"] - float_input["mAP"])
+    assert abs(camera["minus_float_input"]["mAP"]) <= 0.02
+    assert int8["sparsity"] == float_input["sparsity"] > 0.2
     shipped = rows["student (KD dynamic T, exponential)"]
     assert int8["size_bytes"] < 0.75 * shipped["size_bytes"]
     # The shipped student's int8 cost column is the PTQ row's file, up to the folded BN neck.
@@ -94,11 +103,19 @@ def test_tiny_end_to_end_run(tmp_path, robot_python):
         [np.asarray(keras.utils.load_img(p)) for p in sorted((data / "query").iterdir())]
     )
     assert crops.shape[1:3] == tuple(bundle["input"][k] for k in ("height", "width"))
+    assert bundle["input"]["dtype"] == "uint8" and bundle["input"]["quantization"] == {
+        "scale": pytest.approx(1 / 255),
+        "zero_point": 0,
+    }
     (embeddings,) = run_on_robot(robot_python, output / "deploy", crops, tmp_path / "robot")
     expected = tflite_predict(output / "student_int8.tflite", crops / np.float32(255.0))
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     assert embeddings.shape == (len(crops), bundle["decoder"]["embedding_dim"])
     np.testing.assert_allclose(embeddings, expected, atol=1e-6)
+    # The camera-native file computes the float-input file's embeddings from the same pixels.
+    twin = tflite_predict(output / "student_int8_float_input.tflite", crops / np.float32(255.0))
+    twin /= np.linalg.norm(twin, axis=1, keepdims=True)
+    np.testing.assert_allclose(embeddings, twin, atol=1e-5)
 
 
 def test_shipped_config_equals_defaults():
