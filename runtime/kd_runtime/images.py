@@ -2,7 +2,8 @@
 
 - `resize`: area averaging when shrinking (each output pixel is the mean of the input pixels it
   covers, as `cv2.INTER_AREA` computes it), bilinear with half-pixel centres when enlarging;
-  rounded back to uint8. Separable: two small matrix products per channel.
+  rounded back to uint8. Separable: each axis is a weighted sum of the few source lines an output
+  line covers (the taps are computed once per frame size and kept).
 - `to_gray`: ITU-R 601-2 luma, `L = 0.299 R + 0.587 G + 0.114 B` (Pillow's `convert("L")`).
 - `model_input`: the resized uint8 frame, then `x = (pixel − mean) / std` in float32 for a float
   or int8 input (the arithmetic of training, e.g. `pixel / 255`). A model whose uint8 input
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,14 +39,39 @@ def _weights(source: int, target: int) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=32)
+def _taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(indices, weights)`, each `[target, taps]`: the source lines behind each output line
+    and their weights (`_weights` without its zeros; padded with weight 0)."""
+    weights = _weights(source, target)
+    nonzero = weights > 0
+    taps = int(nonzero.sum(axis=1).max())
+    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :taps]
+    rows = np.arange(target)[:, None]
+    return order, np.where(nonzero[rows, order], weights[rows, order], 0.0)
+
+
+def _resize_axis(values: np.ndarray, axis: int, target: int) -> np.ndarray:
+    """`values` resized along `axis` (0 or 1) to `target` lines, in float32."""
+    indices, weights = _taps(values.shape[axis], target)
+    shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
+    resized = np.zeros(
+        (target, *values.shape[1:]) if axis == 0 else (values.shape[0], target, values.shape[2]),
+        np.float32,
+    )
+    for tap in range(indices.shape[1]):
+        weight = weights[:, tap].astype(np.float32).reshape(shape)
+        resized += weight * np.take(values, indices[:, tap], axis=axis)
+    return resized
+
+
 def resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     """`frame` `[h, w, c]` uint8 resized to `[height, width, c]` uint8 (see the module docs)."""
     frame = np.asarray(frame)
     if frame.shape[:2] == (height, width):
         return frame
-    rows = _weights(frame.shape[0], height)
-    columns = _weights(frame.shape[1], width)
-    resized = np.einsum("ij,jkc,lk->ilc", rows, frame.astype(np.float64), columns)
+    resized = _resize_axis(frame, 0, height)
+    resized = _resize_axis(resized, 1, width)
     return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
