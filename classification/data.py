@@ -21,11 +21,15 @@ from kd_keras.images import IMAGE_SUFFIXES, list_images, read_resized
 
 @dataclasses.dataclass(frozen=True)
 class ImageDataset:
-    """Images as float32 in [0, 1], shape `[n, h, w, c]`, with integer labels and class names."""
+    """Images as float32 in [0, 1], shape `[n, h, w, c]`, with integer labels and class names.
+
+    `x = sample / sample_max`: 255 for image files, 16 for the digits' 0..16 samples.
+    """
 
     x: np.ndarray
     y: np.ndarray
     class_names: tuple[str, ...]
+    sample_max: float = 255.0
 
     @property
     def num_classes(self) -> int:
@@ -62,8 +66,8 @@ class ImageDataset:
             self.x, self.y, test_size=test_fraction, random_state=seed, stratify=self.y
         )
         return (
-            ImageDataset(x_train, y_train, self.class_names),
-            ImageDataset(x_test, y_test, self.class_names),
+            dataclasses.replace(self, x=x_train, y=y_train),
+            dataclasses.replace(self, x=x_test, y=y_test),
         )
 
 
@@ -99,7 +103,8 @@ def load_digits() -> ImageDataset:
 
     digits = sklearn_digits()
     x = (digits.images.astype(np.float32) / 16.0)[..., None]
-    return ImageDataset(x, digits.target.astype(np.int64), tuple(str(i) for i in range(10)))
+    names = tuple(str(i) for i in range(10))
+    return ImageDataset(x, digits.target.astype(np.int64), names, sample_max=16.0)
 
 
 def load_image_folder(

@@ -267,16 +267,13 @@ class ClassificationTask(Task):
         names = self.train.class_names
         if self.subset is not None:
             names = [names[index] for index in self.subset.class_indices]
-        channels = self.train.input_shape[-1]
-        # The digits are 0..16 samples (`load_digits`); image folders are 0..255 pixels.
-        std = 16.0 if self.config.data is None and self.config.builtin != "shapes" else 255.0
         return DeploySpec(
             task="classification",
             classes=tuple(names),
             heads={"logits": "logits"},
             decoder={"activation": "softmax"},
-            normalization={"mean": 0.0, "std": std},
-            color="L" if channels == 1 else "RGB",
+            normalization={"mean": 0.0, "std": self.train.sample_max},
+            color="L" if self.train.input_shape[-1] == 1 else "RGB",
         )
 
     def evaluate_tflite(self, path: Path) -> dict:

@@ -401,17 +401,15 @@ class _Run:
         calibrate = mode == "int8" and not compress.is_quantize_aware(model)
         # Calibration images go through the training preprocessing (no augmentation).
         calibration = self.calibration_images() if calibrate else None
-        rows, pixel_input = [], None
+        float_input_row = pixel_input = None
         if settings.camera_input:
             pixel_input = pixel_input_of(task)
             float_input = self.output / f"student_{mode}_float_input.tflite"
             self.heartbeat.what = f"exporting the student to {mode} TFLite with float input"
             to_tflite(deployable, mode, representative_data=calibration, path=float_input)
             self.artifacts["student_tflite_float_input"] = str(float_input)
-            rows.append(
-                self.reporter.tflite_row(
-                    f"student ({mode} TFLite, float input, LiteRT)", float_input, base, None
-                )
+            float_input_row = self.reporter.tflite_row(
+                f"student ({mode} TFLite, float input, LiteRT)", float_input, base, None
             )
         path = self.output / f"student_{mode}.tflite"
         self.heartbeat.what = f"exporting the student to {mode} TFLite"
@@ -431,20 +429,19 @@ class _Run:
         }
         self.artifacts["student_tflite"] = str(path)
         self.artifacts["student_tflite_io"] = str(io_json_path(path))
-        label = f"student ({mode} TFLite, uint8 camera input, LiteRT)" if pixel_input else None
+        kind = "uint8 camera input, " if pixel_input else ""
         row = self.reporter.tflite_row(
-            label or f"student ({mode} TFLite, LiteRT)", path, base, round(seconds, 1)
+            f"student ({mode} TFLite, {kind}LiteRT)", path, base, round(seconds, 1)
         )
         row["sparsity"] = compress.kernel_sparsity(model)
-        if pixel_input:
-            rows[0]["sparsity"] = row["sparsity"]
-            details["export"]["camera_input"] = {
-                "normalization": {"mean": pixel_input[0], "std": pixel_input[1]},
-                "minus_float_input": {
-                    key: row[key] - rows[0][key] for key in task.metric_keys if key in row
-                },
-            }
-        return [*rows, row]
+        if float_input_row is None:
+            return [row]
+        float_input_row["sparsity"] = row["sparsity"]
+        details["export"]["camera_input"] = {
+            "normalization": {"mean": pixel_input[0], "std": pixel_input[1]},
+            "minus_float_input": {key: row[key] - float_input_row[key] for key in task.metric_keys},
+        }
+        return [float_input_row, row]
 
     def calibration_images(self) -> np.ndarray:
         if self._calibration is None:
