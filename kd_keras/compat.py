@@ -26,11 +26,15 @@ from tensorflow_model_optimization.python.core.quantization.keras import (
 from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
     default_8bit_quantize_registry,
 )
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+from tensorflow_model_optimization.python.core.sparsity.keras import (
+    prune_registry,
+    pruning_wrapper,
+)
 
 #: The symbols the code reads from the modules above, as `(module, attribute)`.
 USED = (
     (pruning_wrapper, "collect_prunable_layers"),
+    (prune_registry, "PruneRegistry"),
     (quantize_wrapper, "QuantizeWrapper"),
     (quantize_layer, "QuantizeLayer"),
     (default_8bit_quantize_registry, "Default8BitQuantizeRegistry"),
@@ -56,6 +60,7 @@ __all__ = [
     "eager_context",
     "flatbuffer_utils",
     "is_op_determinism_enabled",
+    "prune_registry",
     "pruning_wrapper",
     "quantize_layer",
     "quantize_wrapper",

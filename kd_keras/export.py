@@ -177,7 +177,9 @@ def _save_inference_function(model: keras.Model, directory: str) -> None:
     module = tf.Module()
     module.variables_read = list(model.variables)
     module.serve = serve
-    tf.saved_model.save(module, directory, signatures=serve.get_concrete_function())
+    # The function itself, not its concrete function: models built under a strategy hold
+    # distributed variables, which only a function with an input signature can save.
+    tf.saved_model.save(module, directory, signatures=serve)
 
 
 def check_pixel_input(pixel_input: tuple[float, float], mode: str = "int8") -> None:

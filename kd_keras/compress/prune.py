@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
-from kd_keras.compat import pruning_wrapper
+from kd_keras.compat import prune_registry, pruning_wrapper
 from kd_keras.models.graph import check_functional
 
 _sparsity = tfmot.sparsity.keras
@@ -122,15 +122,39 @@ def prune(
         "pruning_schedule": schedule_object,
         "sparsity_m_by_n": None if m_by_n is None else tuple(m_by_n),
     }
-    if not exclude:
+    left_alone = set(exclude) | {layer.name for layer in _weightless_unknown(model)}
+    if not left_alone:
         return _sparsity.prune_low_magnitude(copy, **kwargs)
 
     def wrap(layer):
-        if layer.name in exclude or isinstance(layer, keras.layers.InputLayer):
+        if layer.name in left_alone or isinstance(layer, keras.layers.InputLayer):
             return layer
         return _sparsity.prune_low_magnitude(layer, **kwargs)
 
     return keras.models.clone_model(copy, clone_function=wrap)
+
+
+def _weightless_unknown(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers TF-MOT cannot wrap for pruning that have no weights to prune (left as they are).
+
+    E.g. the `TFOpLambda`, `Rescaling` and `Normalization` layers of `tf_keras.applications`
+    networks. A layer with trainable weights TF-MOT does not know is refused, by name.
+    """
+    weightless, refused = [], []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer | _sparsity.PrunableLayer):
+            continue
+        if prune_registry.PruneRegistry.supports(layer):
+            continue
+        (refused if layer.trainable_weights else weightless).append(layer)
+    if refused:
+        described = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in refused)
+        raise ValueError(
+            f"TF-MOT cannot prune layer(s) {described}: they have weights but no pruning rule. "
+            "Make each a tfmot.sparsity.keras.PrunableLayer (get_prunable_weights), or flatten "
+            f"a nested model into one functional model. Received: model={model.name!r}."
+        )
+    return weightless
 
 
 class UpdatePruningStep(_sparsity.UpdatePruningStep):

@@ -23,6 +23,7 @@ import tf_keras as keras
 from kd_keras.compat import default_8bit_quantize_registry, quantize_layer, quantize_wrapper
 from kd_keras.compress.prune import is_pruned, sparsity_report
 from kd_keras.models.graph import check_functional
+from kd_keras.models.layers import InputAffine
 from kd_keras.models.lma import LMA, LMAQuantizeConfig
 
 _quantization = tfmot.quantization.keras
@@ -71,7 +72,40 @@ class OutputQuantizeConfig(_quantization.QuantizeConfig):
 
 
 # kd_keras's own custom layers and the config each gets when the caller passes none for it.
-_DEFAULT_CONFIGS = {LMA: LMAQuantizeConfig}
+# Layers with no TF-MOT 8-bit rule whose output alone needs a range: kd_keras's own, and the
+# element-wise layers of `tf_keras.applications` networks (squeeze-excite gates, input scaling).
+_DEFAULT_CONFIGS = {
+    LMA: LMAQuantizeConfig,
+    InputAffine: OutputQuantizeConfig,
+    keras.layers.Multiply: OutputQuantizeConfig,
+    keras.layers.Rescaling: OutputQuantizeConfig,
+    keras.layers.Normalization: OutputQuantizeConfig,
+}
+# Layers TF-MOT's quantize wrapper cannot call at all, whatever their config.
+_UNWRAPPABLE = {
+    "TFOpLambda": "tf_keras builds it for a TensorFlow op applied to a Keras tensor (e.g. the "
+    "`x + 3` of mobilenet_v3_small's hard-swish), and TF-MOT's wrapper cannot call it",
+    "Lambda": "its Python function cannot be serialized for TF-MOT's wrapper",
+}
+
+
+def qat_refusal(model: keras.Model) -> str | None:
+    """Why TF-MOT cannot make `model` quantization-aware, or None when it can.
+
+    A model it refuses still exports to full int8 with post-training calibration
+    (`kd_keras.export.to_tflite(model, "int8", representative_data=...)`).
+    """
+    reasons = {}
+    for layer in model.layers:
+        reason = _UNWRAPPABLE.get(type(layer).__name__)
+        if reason is not None:
+            reasons.setdefault(type(layer).__name__, (reason, []))[1].append(layer.name)
+    if not reasons:
+        return None
+    return "; ".join(
+        f"{len(names)} {kind} layer(s) such as {names[0]!r}: {reason}"
+        for kind, (reason, names) in reasons.items()
+    )
 
 
 def _with_defaults(
@@ -150,6 +184,13 @@ def quantize_aware(
             "quantize_aware needs a model without pruning wrappers. Call "
             "kd_keras.compress.strip(model) first; pass preserve_sparsity=True to keep its zeros. "
             f"Received: model={model.name!r} with pruning wrappers."
+        )
+    refusal = qat_refusal(model)
+    if refusal is not None:
+        raise ValueError(
+            f"TF-MOT cannot make {model.name!r} quantization-aware: {refusal}. Export it to int8 "
+            "with post-training calibration instead (to_tflite(model, 'int8', "
+            "representative_data=...)), or rebuild those ops as Keras layers."
         )
     configs = _with_defaults(model, quantize_configs)
     missing = unsupported_layers(model, configs)

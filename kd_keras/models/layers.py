@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 ACTIVATIONS = ("relu", "relu6", None)
@@ -37,4 +40,38 @@ def conv_bn(x, filters: int, kernel: int, strides: int, name: str, activation: s
     return keras.layers.ReLU(6.0 if activation == "relu6" else None, name=f"{name}_relu")(x)
 
 
-__all__ = ["batch_norm", "conv_bn"]
+@keras.saving.register_keras_serializable(package="kd_keras")
+class InputAffine(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+    """A fixed per-channel affine map of the input: `y[..., c] = scale[c] · x[..., c] + offset[c]`.
+
+    It turns the [0, 1] images kd-keras feeds into the range a network's weights were trained on
+    (e.g. `scale=2, offset=-1` for [-1, 1]). It has no weights: pruning leaves it alone, QAT
+    quantizes its output (`kd_keras.compress.OutputQuantizeConfig`), and TFLite folds it into a
+    multiply and an add.
+    """
+
+    def __init__(self, scale: Sequence[float], offset: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.scale = [float(v) for v in scale]
+        self.offset = [float(v) for v in offset]
+        if len(self.scale) != len(self.offset):
+            raise ValueError(
+                f"Expected one scale and one offset per channel. Received: {len(self.scale)} "
+                f"scales and {len(self.offset)} offsets."
+            )
+
+    def call(self, inputs):
+        scale = tf.constant(self.scale, inputs.dtype)
+        return inputs * scale + tf.constant(self.offset, inputs.dtype)
+
+    def get_prunable_weights(self):
+        return []
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+__all__ = ["InputAffine", "batch_norm", "conv_bn"]
