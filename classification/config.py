@@ -18,9 +18,16 @@ Method = Literal["lma", "robust", "okddip", "budget", "progressive"]
 
 
 class ModelSettings(shared.ModelSettings):
-    """The CNN classifier's size; `dropout` before its classifier; `activation` of its blocks
-    (`relu`, or `lma`: a learnable piecewise-linear `kd_keras.models.LMA` that starts as ReLU)."""
+    """The classifier: `backbone` `cnn` (kd-keras's VGG-like CNN, sized by `width` and `depth`)
+    or a `tf_keras.applications` network (see `shared.BackboneSettings`: `mobilenet_v2` and
+    `mobilenet_v3_small` with `width` as alpha, `resnet50`, `efficientnet_b0`; `weights`).
+    `dropout` before its classifier; `activation` of the CNN's blocks (`relu`, or `lma`: a
+    learnable piecewise-linear `kd_keras.models.LMA` that starts as ReLU)."""
 
+    backbone: Literal[
+        "cnn", "mobilenet_v2", "mobilenet_v3_small", "resnet50", "efficientnet_b0"
+    ] = "cnn"
+    weights: str | None = None
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: Literal["relu", "lma"] = "relu"
 
@@ -142,6 +149,31 @@ class ClassifyConfig(shared.RunConfig):
 
     @pydantic.model_validator(mode="after")
     def _check(self):
+        digits = self.data is None and self.builtin == "digits"
+        side, channels = (8, 1) if digits else (self.image_size, self.channels)
+        for key in ("teacher_model", "student_model"):
+            try:
+                shared.check_backbone(getattr(self, key), key, side, side, channels)
+            except config_lib.ConfigError as error:
+                if not digits:
+                    raise
+                raise config_lib.ConfigError(
+                    f"{error} The built-in digits are 8x8 grey images: use builtin: shapes "
+                    "(RGB, image_size 32) or an image folder."
+                ) from None
+        own = [m for m in ("lma", "budget", "progressive") if m in self.methods]
+        if self.student_model.backbone != "cnn" and (own or self.student_model.activation == "lma"):
+            raise config_lib.ConfigError(
+                f"methods {own or ['lma']} (and student_model.activation: lma) reshape kd-keras's "
+                f"own CNN; student_model.backbone={self.student_model.backbone!r} is a "
+                "tf_keras.applications network. Use backbone: cnn for them, or drop them."
+            )
+        if self.teacher_model.backbone != "cnn" and "progressive" in self.methods:
+            raise config_lib.ConfigError(
+                "methods: [progressive] pairs the teacher's CNN stages with the student's; "
+                f"teacher_model.backbone={self.teacher_model.backbone!r} has other stages. Use "
+                "backbone: cnn for both, or drop progressive."
+            )
         if self.offline and self.augment:
             raise config_lib.ConfigError(
                 "offline=true cannot be combined with augment=true: the cached teacher outputs "

@@ -12,6 +12,7 @@ import tf_keras as keras
 
 from classification.config import ClassifyConfig
 from kd_keras.models import build_cnn_classifier, stage_outputs
+from kd_keras.models.applications import application_features, is_application
 
 
 def build_classifier(
@@ -36,6 +37,8 @@ def build_classifier(
         An uncompiled `keras.Model` that outputs logits.
     """
     size = config.teacher_model if role == "teacher" else config.student_model
+    if is_application(size.backbone):
+        return _application_classifier(size, input_shape, num_classes, name)
     return build_cnn_classifier(
         input_shape,
         num_classes,
@@ -45,6 +48,18 @@ def build_classifier(
         name=name,
         activation=size.activation if activation is None else activation,
     )
+
+
+def _application_classifier(size, input_shape, num_classes: int, name: str) -> keras.Model:
+    """A `tf_keras.applications` backbone, then the CNN's own head: `features` (global average
+    pool), dropout and `logits`."""
+    inputs = keras.Input(tuple(input_shape), name="image")
+    features = application_features(inputs, size.backbone, size.width, size.weights)[32]
+    x = keras.layers.GlobalAveragePooling2D(name="features")(features)
+    if size.dropout:
+        x = keras.layers.Dropout(size.dropout, name="dropout")(x)
+    logits = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name=name)
 
 
 def stage_boundaries(teacher: keras.Model, student: keras.Model) -> list[tuple[str, str]]:

@@ -12,7 +12,10 @@ import pydantic
 from pydantic import Field
 
 from kd_keras import config as config_lib
+from kd_keras.models.applications import is_application
 from kd_keras.pipeline import settings as shared
+
+MODEL_KEYS = ("teacher_model", "student_model")
 
 
 class DistillSettings(shared.DistillSettings):
@@ -101,6 +104,23 @@ class DetectConfig(shared.RunConfig):
             "a multiple of 16, at least 32",
             self.image_size,
         )
+        for key in MODEL_KEYS:
+            shared.check_backbone(getattr(self, key), key, self.image_size, self.image_size)
+        refused = [
+            (method, key)
+            for method, keys in (("budget", ("student_model",)), ("progressive", MODEL_KEYS))
+            if method in self.methods
+            for key in keys
+            if is_application(getattr(self, key).backbone)
+        ]
+        if refused:
+            method, key = refused[0]
+            raise config_lib.ConfigError(
+                f"methods: [{method}] reshapes kd-keras's own backbones (budget narrows the "
+                "student's convs, progressive pairs the teacher's stages with the student's); "
+                f"{key}.backbone={getattr(self, key).backbone!r} is a tf_keras.applications "
+                f"network. Use backbone: resnet or mobilenet there, or drop {method}."
+            )
         if (self.data is None) != (self.annotations is None):
             raise config_lib.ConfigError(
                 "A real dataset needs both --data DIR (images) and --annotations FILE (COCO "

@@ -33,6 +33,7 @@ def build_detector(config: DetectConfig, role: str, num_classes: int, name: str)
         size.width,
         size.depth,
         name=name,
+        weights=size.weights,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import pydantic
 from pydantic import Field
 
 from kd_keras.pipeline import settings as shared
@@ -80,6 +81,12 @@ class ReIDConfig(shared.RunConfig):
     student_model: ModelSettings = ModelSettings(backbone="mobilenet", width=0.5, embedding_dim=32)
     distill: DistillSettings = DistillSettings()
     compress: CompressSettings = CompressSettings()
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        for key in ("teacher_model", "student_model"):
+            shared.check_backbone(getattr(self, key), key, self.image_height, self.image_width)
+        return self
 
     @property
     def image_size(self) -> tuple[int, int]:

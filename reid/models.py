@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 import tf_keras as keras
 
+from kd_keras.models.applications import application_features, is_application
 from kd_keras.models.layers import batch_norm, conv_bn
 
 BACKBONES = ("resnet", "mobilenet")
@@ -83,17 +84,21 @@ def build_reid_model(
     embedding_dim: int = 64,
     blocks_per_stage: int = 1,
     name: str = "reid",
+    weights: str | None = None,
 ) -> keras.Model:
     """A training model with outputs `[features, logits]` (see the module docstring).
 
     Args:
         input_shape: `(height, width, 3)`.
         num_identities: training identities (classifier outputs).
-        backbone: `"resnet"` or `"mobilenet"`.
-        width: channel multiplier of the backbone.
+        backbone: `"resnet"` or `"mobilenet"`, or a `tf_keras.applications` network
+            (`kd_keras.models.applications`; its stride-32 output is pooled, `blocks_per_stage`
+            does not apply, height and width are multiples of 32).
+        width: channel multiplier of the backbone (an applications MobileNet's alpha).
         embedding_dim: size of `features` and `embedding`.
         blocks_per_stage: blocks per backbone stage.
         name: model name.
+        weights: an applications backbone's `"imagenet"`, None or weights file.
 
     Returns:
         A functional model; layers `features`, `embedding` and `logits` are named as above.
@@ -108,7 +113,10 @@ def build_reid_model(
         raise ValueError(f"Expected embedding_dim >= 1. Received: {embedding_dim=}.")
     # === Functional Model ===
     inputs = keras.Input(tuple(input_shape), name="image")
-    x = build_backbone(inputs, backbone, width, blocks_per_stage)
+    if is_application(backbone):
+        x = application_features(inputs, backbone, width, weights)[32]
+    else:
+        x = build_backbone(inputs, backbone, width, blocks_per_stage)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     features = keras.layers.Dense(embedding_dim, name=FEATURES)(x)
     embedding = batch_norm(EMBEDDING)(features)

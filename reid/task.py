@@ -110,6 +110,7 @@ class ReIDTask(Task):
             spec.embedding_dim,
             spec.depth,
             name=name,
+            weights=spec.weights,
         )
 
     def students(self) -> list[Student]:

@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from detection.centernet.centernet_backbone import backbone_features, scaled
 from detection.centernet.centernet_heads import centernet_heads, upsampling_neck
+from kd_keras.models.applications import STRIDES, application_features, is_application
 
 OUTPUT_STRIDE = 4
 
@@ -22,6 +23,7 @@ def build_centernet(
     head_channels: int = 32,
     prior: float = 0.1,
     name: str = "centernet",
+    weights: str | None = None,
 ) -> keras.Model:
     """A CenterNet ("Objects as Points", Zhou et al., 2019) detector with output stride 4.
 
@@ -34,13 +36,16 @@ def build_centernet(
     Args:
         input_shape: `(height, width, 3)`, height and width multiples of 16.
         num_classes: object classes.
-        backbone: `"resnet"` or `"mobilenet"`.
+        backbone: `"resnet"` or `"mobilenet"` (kd-keras's own, strides 4 to 16), or a
+            `tf_keras.applications` network (`kd_keras.models.applications`: strides 4 to 32;
+            height and width multiples of 32; `width` is its alpha, `depth` does not apply).
         width: channel multiplier of the whole network.
         depth: blocks per backbone stage.
         neck_channels: neck width at `width=1`.
         head_channels: hidden width of each head at `width=1`.
         prior: initial heatmap probability.
         name: model name.
+        weights: an applications backbone's `"imagenet"`, None or weights file.
     """
     height, image_width = input_shape[0], input_shape[1]
     if height % 16 or image_width % 16:
@@ -49,7 +54,11 @@ def build_centernet(
             f"Received: input_shape={tuple(input_shape)}."
         )
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    features = backbone_features(inputs, backbone, width, depth)
+    if is_application(backbone):
+        taps = application_features(inputs, backbone, width, weights)
+        features = [taps[stride] for stride in STRIDES]
+    else:
+        features = backbone_features(inputs, backbone, width, depth)
     neck = upsampling_neck(features, scaled(neck_channels, width, minimum=8))
     outputs = centernet_heads(neck, num_classes, scaled(head_channels, width, minimum=8), prior)
     return keras.Model(inputs, outputs, name=name)

@@ -25,13 +25,16 @@ def heatmap_prior_bias(prior: float = 0.1) -> float:
 def upsampling_neck(features, channels: int):
     """Top-down neck: 1×1 laterals, nearest-neighbour ×2 upsampling and sums, to stride 4.
 
+    `features` run from stride 4 up, each twice the stride of the one before (`[c4, c8, c16]`
+    from kd-keras's backbones, `[c4, c8, c16, c32]` from a `tf_keras.applications` one).
+
     `UpSampling2D(interpolation="nearest")`, `Add` and convolutions all have TF-MOT 8-bit
     quantization support and full-int8 TFLite kernels, so the student survives QAT and export.
     The output is the `neck` layer, the hint point for feature distillation.
     """
-    c4, c8, c16 = features
-    x = keras.layers.Conv2D(channels, 1, name="lateral16")(c16)
-    for stride, lateral in ((8, c8), (4, c4)):
+    strides = [4 * 2**index for index in range(len(features))]
+    x = keras.layers.Conv2D(channels, 1, name=f"lateral{strides[-1]}")(features[-1])
+    for stride, lateral in reversed(list(zip(strides[:-1], features[:-1], strict=True))):
         x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up{stride}")(x)
         skip = keras.layers.Conv2D(channels, 1, name=f"lateral{stride}")(lateral)
         x = keras.layers.Add(name=f"merge{stride}")([x, skip])

@@ -85,7 +85,6 @@ _DEFAULT_CONFIGS = {
 _UNWRAPPABLE = {
     "TFOpLambda": "tf_keras builds it for a TensorFlow op applied to a Keras tensor (e.g. the "
     "`x + 3` of mobilenet_v3_small's hard-swish), and TF-MOT's wrapper cannot call it",
-    "Lambda": "its Python function cannot be serialized for TF-MOT's wrapper",
 }
 
 

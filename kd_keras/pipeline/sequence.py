@@ -326,7 +326,11 @@ class _Run:
             details["sparsity"] = compress.sparsity_report(model)
             details["prune_sparsity"] = round(details["sparsity"]["total"], 4)
             parts.append(f"pruned {sparsity:.0%}")
-        if settings.qat_epochs > 0:
+        refusal = compress.qat_refusal(model) if settings.qat_epochs > 0 else None
+        if refusal is not None:
+            log.warning("no QAT for this student, its int8 export calibrates instead: %s", refusal)
+            details["qat_skipped"] = refusal
+        elif settings.qat_epochs > 0:
             stage = self.compression_stage(Role.QAT, settings.qat_epochs)
             with self.strategy.scope():
                 qat = compress.quantize_aware(

@@ -16,7 +16,11 @@ from kd_keras import schedules
 from kd_keras.config import ConfigError, ConfigModel
 
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
-Backbone = Literal["resnet", "mobilenet"]
+#: kd-keras's own small backbones, then the `tf_keras.applications` ones
+#: (`kd_keras.models.applications`).
+Backbone = Literal[
+    "resnet", "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "resnet50", "efficientnet_b0"
+]
 ExportMode = Literal["float32", "float16", "dynamic", "int8"]
 
 
@@ -28,9 +32,51 @@ class ModelSettings(ConfigModel):
 
 
 class BackboneSettings(ModelSettings):
-    """A network with a choice of backbone (ResNet-like or MobileNet-like)."""
+    """A network with a choice of backbone.
+
+    `resnet` and `mobilenet` are kd-keras's own small backbones (`width` and `depth` apply).
+    `mobilenet_v2` and `mobilenet_v3_small` (students; `width` is their alpha) and `resnet50`
+    and `efficientnet_b0` (teachers; width 1) are the `tf_keras.applications` networks
+    (`depth` does not apply), with `weights`: `imagenet` (Keras downloads them on first use),
+    null (random) or the path of a weights file of the headless network.
+    """
 
     backbone: Backbone = "resnet"
+    weights: str | None = None
+
+
+def check_backbone(settings: ModelSettings, key: str, height: int, width: int, channels: int = 3):
+    """Raises `ConfigError` for a backbone setting that could not build, before any training.
+
+    Args:
+        settings: a `teacher_model` or `student_model` section.
+        key: its name in the config, used in the message.
+        height: input height in pixels.
+        width: input width in pixels.
+        channels: input channels.
+    """
+    from kd_keras.models.applications import check_application, is_application
+
+    backbone = getattr(settings, "backbone", None)
+    weights = getattr(settings, "weights", None)
+    if backbone is None or not is_application(backbone):
+        if weights is not None:
+            raise ConfigError(
+                f"{key}.weights loads a tf_keras.applications backbone; {key}.backbone="
+                f"{backbone!r} starts from random weights. Drop {key}.weights or choose a "
+                "backbone among mobilenet_v2, mobilenet_v3_small, resnet50, efficientnet_b0. "
+                f"Received: {key}.weights={weights!r}."
+            )
+        return
+    try:
+        check_application(backbone, settings.width, weights, key)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if height % 32 or width % 32 or channels != 3:
+        raise ConfigError(
+            f"{key}.backbone={backbone!r} takes RGB images whose height and width are multiples "
+            f"of 32 (its stride). Received: {height}x{width} with {channels} channel(s)."
+        )
 
 
 class DistillSettings(ConfigModel):
@@ -191,4 +237,5 @@ __all__ = [
     "RunConfig",
     "ScheduleName",
     "TrackingSettings",
+    "check_backbone",
 ]
