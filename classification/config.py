@@ -24,9 +24,7 @@ class ModelSettings(shared.ModelSettings):
     `dropout` before its classifier; `activation` of the CNN's blocks (`relu`, or `lma`: a
     learnable piecewise-linear `kd_keras.models.LMA` that starts as ReLU)."""
 
-    backbone: Literal[
-        "cnn", "mobilenet_v2", "mobilenet_v3_small", "resnet50", "efficientnet_b0"
-    ] = "cnn"
+    backbone: Literal["cnn", shared.ApplicationBackbone] = "cnn"
     weights: str | None = None
     dropout: float = Field(0.0, ge=0, lt=1)
     activation: Literal["relu", "lma"] = "relu"

@@ -22,7 +22,7 @@ import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
 from kd_keras.compat import prune_registry, pruning_wrapper
-from kd_keras.models.graph import check_functional
+from kd_keras.models.graph import check_functional, describe_layers
 
 _sparsity = tfmot.sparsity.keras
 
@@ -148,7 +148,7 @@ def _weightless_unknown(model: keras.Model) -> list[keras.layers.Layer]:
             continue
         (refused if layer.trainable_weights else weightless).append(layer)
     if refused:
-        described = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in refused)
+        described = describe_layers(refused)
         raise ValueError(
             f"TF-MOT cannot prune layer(s) {described}: they have weights but no pruning rule. "
             "Make each a tfmot.sparsity.keras.PrunableLayer (get_prunable_weights), or flatten "

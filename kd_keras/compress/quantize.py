@@ -22,7 +22,7 @@ import tf_keras as keras
 
 from kd_keras.compat import default_8bit_quantize_registry, quantize_layer, quantize_wrapper
 from kd_keras.compress.prune import is_pruned, sparsity_report
-from kd_keras.models.graph import check_functional
+from kd_keras.models.graph import check_functional, describe_layers
 from kd_keras.models.layers import InputAffine
 from kd_keras.models.lma import LMA, LMAQuantizeConfig
 
@@ -194,7 +194,7 @@ def quantize_aware(
     configs = _with_defaults(model, quantize_configs)
     missing = unsupported_layers(model, configs)
     if missing:
-        described = ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in missing)
+        described = describe_layers(missing)
         raise ValueError(
             f"TF-MOT's 8-bit scheme cannot quantize layer(s) {described}. Pass a QuantizeConfig "
             "for each by layer name or class name, e.g. quantize_configs={"

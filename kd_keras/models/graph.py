@@ -35,6 +35,11 @@ def check_functional(model, role: str) -> None:
         )
 
 
+def describe_layers(layers) -> str:
+    """`'conv1' (Conv2D), 'add' (TFOpLambda)`: names and classes, for error messages."""
+    return ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in layers)
+
+
 def inbound_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The layers feeding `layer`'s first call."""
     if not layer._inbound_nodes:
@@ -71,6 +76,7 @@ __all__ = [
     "calls_in",
     "check_functional",
     "consumers",
+    "describe_layers",
     "inbound_layers",
     "is_functional",
     "output_layer",

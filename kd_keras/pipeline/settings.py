@@ -7,7 +7,7 @@ task subclasses a section to add its own keys, never to rename a shared one.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import pydantic
 from pydantic import Field
@@ -18,9 +18,8 @@ from kd_keras.config import ConfigError, ConfigModel
 ScheduleName = Literal["constant", "linear", "cosine", "exponential", "step"]
 #: kd-keras's own small backbones, then the `tf_keras.applications` ones
 #: (`kd_keras.models.applications`).
-Backbone = Literal[
-    "resnet", "mobilenet", "mobilenet_v2", "mobilenet_v3_small", "resnet50", "efficientnet_b0"
-]
+ApplicationBackbone = Literal["mobilenet_v2", "mobilenet_v3_small", "resnet50", "efficientnet_b0"]
+Backbone = Literal["resnet", "mobilenet", ApplicationBackbone]
 ExportMode = Literal["float32", "float16", "dynamic", "int8"]
 
 
@@ -64,7 +63,7 @@ def check_backbone(settings: ModelSettings, key: str, height: int, width: int, c
             raise ConfigError(
                 f"{key}.weights loads a tf_keras.applications backbone; {key}.backbone="
                 f"{backbone!r} starts from random weights. Drop {key}.weights or choose a "
-                "backbone among mobilenet_v2, mobilenet_v3_small, resnet50, efficientnet_b0. "
+                f"backbone among {', '.join(get_args(ApplicationBackbone))}. "
                 f"Received: {key}.weights={weights!r}."
             )
         return
@@ -226,6 +225,7 @@ class RunConfig(ConfigModel):
 
 
 __all__ = [
+    "ApplicationBackbone",
     "Backbone",
     "BackboneSettings",
     "BudgetSettings",
