@@ -29,7 +29,7 @@ from kd_keras.export import tflite_latency, to_tflite
 from kd_keras.io import atomic_write_json
 from kd_keras.pipeline import prepare, run_pipeline
 from kd_keras.pipeline.reporting import format_table
-from kd_keras.stats import interval_text
+from kd_keras.stats import kd_gain_lines
 from reid.config import ReIDConfig
 from reid.evaluation import evaluate_ranking, pairwise_distances
 from reid.models import embedding_model
@@ -81,14 +81,8 @@ def print_kd_gains(report: dict) -> None:
     gains = report.get("kd_gain", {})
     if not gains:
         print("(one seed: no paired interval; pass --seeds with at least 2, 5 for a claim)")
-    for label, gain in gains.items():
-        difference = gain["difference"]
-        print(
-            f"  {label} − scratch, {gain['metric']}: {interval_text(difference)}; interval above "
-            f"zero: {difference['low'] > 0}"
-        )
-        if "gap_closed" in gain:
-            print(f"    teacher–scratch gap closed: {interval_text(gain['gap_closed'])}")
+    for line in kd_gain_lines(gains):
+        print(f"  {line}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from pydantic import Field
 from kd_keras import config as config_lib
 from kd_keras.pipeline import settings as shared
 
-Method = Literal["lma", "robust", "okddip", "budget", "progressive"]
+Method = Literal["lma", "robust", "okddip", "budget", "progressive", "dkd"]
 
 
 class ModelSettings(shared.ModelSettings):
@@ -51,11 +51,17 @@ class DistillSettings(shared.DistillSettings):
 
     The `okddip` method trains its student with `peers` more students of the same size and no
     teacher (online KD with diverse peers, `kd_keras.methods.OnlineDistiller`).
+
+    `loss: dkd` (or the `dkd` method, for one more row) is decoupled KD (Zhao et al. 2022,
+    `kd_keras.losses.decoupled_kd`): the soft-target KL split into its target part, weighted
+    `dkd_target_weight`, and its non-target part, weighted `dkd_non_target_weight`.
     """
 
     student_loss_weight: float = Field(0.1, ge=0)
     logits_weight: float = Field(0.9, ge=0)
-    loss: Literal["kl", "soft_ce"] = "kl"
+    loss: Literal["kl", "soft_ce", "dkd"] = "kl"
+    dkd_target_weight: float = Field(1.0, ge=0)
+    dkd_non_target_weight: float = Field(8.0, ge=0)
     teacher_outputs: Literal["logits", "probabilities"] = "logits"
     hint_weight: float = Field(0.0, ge=0)
     hint_loss: Literal["l2", "cross_entropy"] = "l2"
@@ -116,7 +122,7 @@ class ClassifyConfig(shared.RunConfig):
     same budget with that compact-student method (`lma`: LMA activations; `robust`: robust KD on
     PGD examples; `okddip`: online KD among peers, no teacher; see `DistillSettings`;
     `budget`: per-conv widths learned to fit `budget`; `progressive`: blockwise KD, see
-    `progressive`).
+    `progressive`; `dkd`: decoupled KD, see `DistillSettings`).
     """
 
     builtin: Literal["digits", "shapes"] = "digits"

@@ -12,7 +12,11 @@ import tf_keras as keras
 
 from classification.config import ClassifyConfig
 from kd_keras import compress
+from kd_keras.methods import Method
 from kd_keras.terms import FeatureDistillation, LogitsDistillation
+
+#: A student distilled with decoupled KD (`loss: dkd`) whatever `distill.loss` says.
+DKD_METHOD = Method("dkd", "decoupled KD")
 
 
 def classification_kd_terms(
@@ -21,6 +25,7 @@ def classification_kd_terms(
     student: keras.Model,
     class_indices: Sequence[int] | None = None,
     lowrank: bool = False,
+    loss: str | None = None,
 ) -> tuple[list, list]:
     """The KD terms and weights of `config.distill`.
 
@@ -36,6 +41,7 @@ def classification_kd_terms(
             name in the wrapped model).
         class_indices: the teacher class of each student class; `None` when both have the same.
         lowrank: the stage recovers a factored student.
+        loss: the soft-target loss instead of `distill.loss` (`"dkd"` for the `dkd` method).
 
     Returns:
         `(terms, weights)`: the KD terms and their loss weights, in the same order.
@@ -44,9 +50,10 @@ def classification_kd_terms(
     terms = [
         LogitsDistillation(
             temperature=settings.temperature_schedule(total_steps),
-            loss=settings.loss,
+            loss=loss or settings.loss,
             teacher_outputs=settings.teacher_outputs,
             teacher_class_indices=class_indices,
+            dkd_weights=(settings.dkd_target_weight, settings.dkd_non_target_weight),
             name="logits_kd",
         )
     ]

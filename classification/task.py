@@ -17,7 +17,7 @@ import tf_keras as keras
 
 from classification import data as data_lib
 from classification import evaluation, models
-from classification.distillation import classification_kd_terms
+from classification.distillation import DKD_METHOD, classification_kd_terms
 from classification.subset import ClassSubset, save_class_mapping
 from classification.synthetic import UNLABELED
 from kd_keras import compress, export
@@ -45,7 +45,7 @@ class ClassificationTask(Task):
         digits=4,
         extra=(("gzip_bytes", "gzip (bytes)", ","), ("sparsity", "sparsity", ".2f")),
     )
-    methods = (LMA_METHOD, ROBUST, OKDDIP, BUDGET, PROGRESSIVE)
+    methods = (LMA_METHOD, ROBUST, OKDDIP, BUDGET, PROGRESSIVE, DKD_METHOD)
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -185,11 +185,16 @@ class ClassificationTask(Task):
     def kd_terms(self, stage: Stage, student: keras.Model) -> tuple[list, list]:
         """Hinton soft targets (on the subset's classes with `classes`), plus a FitNet hint on
         `features` when `hint_weight > 0`, or a cross-entropy one while a factored student
-        recovers (knowledge pre-regression)."""
+        recovers (knowledge pre-regression); decoupled KD for the `dkd` student."""
         batches = int(np.ceil(len(self.x_train) / self.config.batch_size))
         steps = stage.epochs * self.batches_per_epoch(batches)
         return classification_kd_terms(
-            self.config, steps, student, self._class_indices, lowrank=stage.role is Role.LOWRANK
+            self.config,
+            steps,
+            student,
+            self._class_indices,
+            lowrank=stage.role is Role.LOWRANK,
+            loss="dkd" if stage.method == DKD_METHOD else None,
         )
 
     def plain(self, model: keras.Model, stage: Stage) -> Training:

@@ -138,6 +138,21 @@ def kd_gain(
     return gain
 
 
+def kd_gain_lines(gains: Mapping[str, Mapping]) -> list[str]:
+    """A report's `kd_gain` as text, two lines per distilled student: its paired difference
+    from scratch (and whether the interval lies above zero), then the gap it closes."""
+    lines = []
+    for label, gain in gains.items():
+        difference = gain["difference"]
+        lines.append(
+            f"{label} − scratch, {gain['metric']}: {interval_text(difference)}; interval above "
+            f"zero: {difference['low'] > 0}"
+        )
+        if "gap_closed" in gain:
+            lines.append(f"  teacher–scratch gap closed: {interval_text(gain['gap_closed'])}")
+    return lines
+
+
 def _per_seed(teacher: Sequence[float] | float, seeds: int) -> list[float]:
     """One teacher value per seed: a shared teacher's value repeated, or the values given."""
     if isinstance(teacher, int | float):
@@ -150,6 +165,7 @@ __all__ = [
     "gap_closed",
     "interval_text",
     "kd_gain",
+    "kd_gain_lines",
     "mean_interval",
     "paired_difference",
 ]

@@ -84,13 +84,16 @@ class LogitsDistillation(DistillationTerm):
         T² · KL(softmax(z_t[S] / T) ‖ softmax(z_s / T))
     Formula (`loss="soft_ce"`):
         −T² · Σ softmax(z_t[S] / T) · log_softmax(z_s / T)
+    Formula (`loss="dkd"`, decoupled KD, Zhao et al. 2022; see `kd_keras.losses.decoupled_kd`):
+        T² · (α · TCKD + β · NCKD)   (the target-vs-rest and the non-target parts of the KL)
 
     where `S` is `teacher_class_indices` (all teacher classes by default): task-specified KD
     restricts the teacher to the subset of classes the student predicts, in the student's order.
 
     Args:
         temperature: number or `Schedule` (e.g. a dynamic temperature that decays to 1).
-        loss: `"kl"` or `"soft_ce"`.
+        loss: `"kl"`, `"soft_ce"` or `"dkd"`.
+        dkd_weights: `(α, β)` of `loss="dkd"`: the target and the non-target weights.
         teacher_outputs: `"logits"` or `"probabilities"`: what the teacher's output holds. A
             teacher whose last activation is a softmax declared as logits (or the reverse) is
             refused.
@@ -101,7 +104,7 @@ class LogitsDistillation(DistillationTerm):
         >>> distiller = Distiller(teacher, student, [term], distillation_loss_weights=[0.9])
     """
 
-    LOSSES = ("kl", "soft_ce")
+    LOSSES = ("kl", "soft_ce", "dkd")
 
     def __init__(
         self,
@@ -111,6 +114,7 @@ class LogitsDistillation(DistillationTerm):
         teacher_class_indices: Sequence[int] | None = None,
         teacher_layer: str | None = None,
         student_layer: str | None = None,
+        dkd_weights: Sequence[float] = (1.0, 8.0),
         **kwargs,
     ):
         if loss not in self.LOSSES:
@@ -123,6 +127,7 @@ class LogitsDistillation(DistillationTerm):
         super().__init__(teacher_layer, student_layer, temperature, **kwargs)
         self.loss = loss
         self.teacher_outputs = teacher_outputs
+        self.dkd_weights = tuple(float(w) for w in dkd_weights)
         self.teacher_class_indices = (
             None if teacher_class_indices is None else [int(i) for i in teacher_class_indices]
         )
@@ -153,6 +158,11 @@ class LogitsDistillation(DistillationTerm):
     def compute(self, teacher_output, student_output, labels, temperature):
         if self.teacher_class_indices is not None:
             teacher_output = tf.gather(teacher_output, self.teacher_class_indices, axis=-1)
+        if self.loss == "dkd":
+            alpha, beta = self.dkd_weights
+            return losses.decoupled_kd(
+                teacher_output, student_output, temperature, self.teacher_outputs, alpha, beta
+            )
         loss_fn = losses.soft_target_kl if self.loss == "kl" else losses.soft_target_cross_entropy
         return loss_fn(teacher_output, student_output, temperature, self.teacher_outputs)
 
@@ -162,6 +172,7 @@ class LogitsDistillation(DistillationTerm):
             loss=self.loss,
             teacher_outputs=self.teacher_outputs,
             teacher_class_indices=self.teacher_class_indices,
+            dkd_weights=list(self.dkd_weights),
         )
         return config
 

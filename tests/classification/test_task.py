@@ -89,6 +89,21 @@ def test_each_method_adds_a_student_built_with_it(tmp_path):
     assert layers.count("LMA") == plain.count("ReLU")
 
 
+def test_the_dkd_student_learns_with_decoupled_kd_and_the_shipped_one_with_distill_loss(tmp_path):
+    from kd_keras.pipeline import Role, Stage
+
+    settings = {**TINY, "methods": ["dkd"], "output_dir": str(tmp_path)}
+    settings["distill"] = {"dkd_target_weight": 0.5, "dkd_non_target_weight": 2.0}
+    task = ClassificationTask(from_dict(ClassifyConfig, settings))
+    plain, dkd = task.students()[1:]
+    assert (dkd.label, dkd.stage) == ("distilled, decoupled KD", "student_dkd")
+    model = task.build("student", "s", dkd)
+    for student, loss in ((plain, "kl"), (dkd, "dkd")):
+        stage = Stage(student.stage, Role.STUDENT, 2, 0.002, method=student.method)
+        (term,), _ = task.kd_terms(stage, model)
+        assert (term.loss, term.dkd_weights) == (loss, (0.5, 2.0))
+
+
 @pytest.mark.slow
 def test_an_lma_student_ships_as_int8_and_agrees_in_litert(tmp_path):
     import tf_keras as keras

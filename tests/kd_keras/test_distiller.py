@@ -185,6 +185,7 @@ def test_config_round_trips():
     assert_config_round_trip(
         LogitsDistillation(schedules.Cosine(6.0, 1.0, 50), "soft_ce", teacher_class_indices=[0, 2])
     )
+    assert_config_round_trip(LogitsDistillation(4.0, "dkd", dkd_weights=(0.5, 4.0)))
     assert_config_round_trip(FeatureDistillation("a", "b", loss="cross_entropy", adapter="always"))
     teacher, student = _pair()
     distiller = Distiller(

@@ -106,3 +106,41 @@ def test_loss_classes_round_trip_and_reduce():
 def test_unknown_output_kind_is_refused():
     with pytest.raises(ValueError, match="Received: kind='scores'"):
         losses.soft_target_kl(tf.zeros([1, 2]), tf.zeros([1, 2]), 1.0, "scores")
+
+
+def _kl(p, q):
+    return np.sum(p * np.log(p / q), axis=-1)
+
+
+def test_decoupled_kd_matches_hand_computation():
+    teacher = np.array([[3.0, 1.0, 0.0, -1.0]], np.float32)
+    student = np.array([[0.5, 1.5, 0.0, 0.2]], np.float32)
+    temperature, alpha, beta = 2.0, 1.0, 8.0
+    p, q = _softmax(teacher / temperature), _softmax(student / temperature)
+    # The teacher's top class is 0: the binary split [p0, 1 − p0], the rest renormalised.
+    tckd = _kl(np.stack([p[:, 0], 1 - p[:, 0]], -1), np.stack([q[:, 0], 1 - q[:, 0]], -1))
+    nckd = _kl(p[:, 1:] / p[:, 1:].sum(-1), q[:, 1:] / q[:, 1:].sum(-1))
+    expected = temperature**2 * (alpha * tckd + beta * nckd)
+    value = losses.decoupled_kd(teacher, student, temperature, "logits", alpha, beta).numpy()
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+def test_decoupled_kd_with_unit_weights_regroups_the_hinton_kl():
+    """KL = TCKD + (1 − p_t) · NCKD (Zhao et al. 2022, eq. 5)."""
+    rng = np.random.default_rng(0)
+    teacher, student = (rng.normal(size=(8, 6)).astype(np.float32) * 3 for _ in range(2))
+    tckd = losses.decoupled_kd(teacher, student, 4.0, target_weight=1.0, non_target_weight=0.0)
+    nckd = losses.decoupled_kd(teacher, student, 4.0, target_weight=0.0, non_target_weight=1.0)
+    p_top = _softmax(teacher / 4.0).max(-1)
+    kl = losses.soft_target_kl(teacher, student, 4.0)
+    np.testing.assert_allclose(kl.numpy(), (tckd + (1 - p_top) * nckd).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(losses.decoupled_kd(teacher, teacher, 4.0), 0.0, atol=1e-5)
+
+
+def test_decoupled_kd_gradient_is_finite_at_extreme_logits():
+    teacher = tf.constant([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]])
+    student = tf.Variable([[-1e4, 1e4, 0.0], [1e4, -1e4, -1e4]])
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(losses.decoupled_kd(teacher, student, 1.0))
+    gradient = tape.gradient(value, student)
+    assert np.isfinite(value.numpy()) and np.all(np.isfinite(gradient.numpy()))

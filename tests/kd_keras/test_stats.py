@@ -37,3 +37,13 @@ def test_kd_gain_has_the_gap_only_where_the_teacher_is_above_scratch():
     assert gain["difference"]["values"] == pytest.approx([0.2, 0.2])
     assert gain["gap_closed"]["values"] == pytest.approx([0.5, 2 / 3])
     assert "gap_closed" not in kd_gain([0.6, 0.7], [0.4, 0.9], [0.8, 0.8])
+
+
+def test_kd_gain_lines_state_the_interval_and_the_gap():
+    from kd_keras.stats import kd_gain, kd_gain_lines
+
+    gain = {"metric": "accuracy", **kd_gain([0.6, 0.7, 0.65], [0.4, 0.5, 0.45], 0.8)}
+    first, second = kd_gain_lines({"student (KD)": gain})
+    assert first.startswith("student (KD) − scratch, accuracy: +0.200 [+0.200, +0.200]")
+    assert first.endswith("interval above zero: True")
+    assert "gap closed: +0.579" in second  # mean of 0.2/0.4, 0.2/0.3, 0.2/0.35
