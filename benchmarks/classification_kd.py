@@ -3,16 +3,19 @@
     python benchmarks/classification_kd.py                        # seeds 0-4, labelled shapes only
     python benchmarks/classification_kd.py --unlabeled builtin    # + 3,000 unlabelled shapes
     python benchmarks/classification_kd.py --methods dkd          # + a decoupled-KD row
+    python benchmarks/classification_kd.py --teachers-from runs/classification_benchmark ...
 
 The classification pipeline (`classification.task.ClassificationTask`) on the built-in `shapes`
 task (6 shapes on photo backgrounds, 32 px; `--per-class` labelled images of each), with every
-seed: the scratch and the distilled student start from the same weights and see the same
-labelled batches; one teacher serves all seeds. Prints each row's accuracy (mean ± std over the
-seeds), the distilled − scratch difference paired by seed with its 95% interval, the fraction
-of the teacher–scratch gap the distilled student closes, each `--methods` row minus the plain
+seed (one pipeline each, in `<output-dir>/seed<n>`; the seed also draws the train/test split,
+so each seed trains its own teacher, or reuses an earlier run's with `--teachers-from`): the
+scratch and the distilled students start from the same weights and see the same labelled
+batches. Prints each row's accuracy (mean ± std over the seeds), the distilled − scratch
+difference paired by seed with its 95% interval, the fraction of the teacher–scratch gap the
+distilled student closes (against each seed's teacher), each `--methods` row minus the plain
 distilled student (paired the same way), the teacher/student size ratio and the wall clock.
-`--no-compress` skips pruning, QAT and the int8 export (the KD figures do not
-depend on them). Writes `<output-dir>/benchmark.json`. Not a test; never run in CI.
+`--no-compress` skips pruning, QAT and the int8 export (the KD figures do not depend on them).
+Writes `<output-dir>/benchmark.json`. Not a test; never run in CI.
 """
 
 from __future__ import annotations
@@ -27,22 +30,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from classification.config import ClassifyConfig
 from classification.task import ClassificationTask
-from kd_keras import config as config_lib
+from kd_keras.config import from_dict
 from kd_keras.io import atomic_write_json
 from kd_keras.pipeline import prepare, run_pipeline
-from kd_keras.pipeline.reporting import format_table
-from kd_keras.stats import interval_text, kd_gain_lines, paired_difference
+from kd_keras.pipeline.reporting import format_table, with_seed_means
+from kd_keras.stats import interval_text, kd_gain, kd_gain_lines, paired_difference
 
 
 def overrides(args: argparse.Namespace) -> dict:
-    """The config of the run: the built-in shapes over the seeds, tracking off."""
-    output = Path(args.output_dir)
+    """The config of every seed's run: the built-in shapes, tracking off."""
     settings: dict = {
         "builtin": "shapes",
         "builtin_per_class": args.per_class,
-        "builtin_dir": str(output / "shapes"),
-        "seeds": tuple(int(seed) for seed in args.seeds.split(",")),
-        "output_dir": str(output),
+        "builtin_dir": str(Path(args.output_dir) / "shapes"),
         "tracking": {"enabled": False},
         "restart": True,
     }
@@ -56,9 +56,49 @@ def overrides(args: argparse.Namespace) -> dict:
     return settings
 
 
-def method_differences(report: dict) -> dict[str, dict]:
+def run_seeds(
+    settings: dict, seeds: list[int], output: Path, teachers: Path | None = None
+) -> tuple[list[dict], list[dict]]:
+    """One pipeline per seed in `output/seed<n>`, each with its own teacher (the split of the
+    labelled set follows the seed), or the one in `teachers/seed<n>/teacher.keras`.
+
+    Returns `(rows, runs)`: the first seed's report rows, and every row of every seed with its
+    `seed` and whether it was `distilled` (`kd_keras.pipeline.reporting` reads both).
+    """
+    rows, runs = [], []
+    for seed in seeds:
+        teacher = None if teachers is None else str(teachers / f"seed{seed}" / "teacher.keras")
+        run_settings = {**settings, "seed": seed, "teacher": teacher}
+        run_settings["output_dir"] = str(output / f"seed{seed}")
+        report = run_pipeline(prepare(ClassificationTask, from_dict(ClassifyConfig, run_settings)))
+        rows = rows or report["rows"]
+        for row in report["rows"]:
+            distilled = row["model"].startswith("student (distilled")
+            runs.append({**row, "seed": seed, "distilled": distilled})
+        accuracies = ", ".join(f"{row['model']} {row['accuracy']:.3f}" for row in report["rows"])
+        print(f"seed {seed}: {accuracies}", flush=True)
+    return rows, runs
+
+
+def seed_gains(runs: list[dict]) -> dict[str, dict]:
+    """Each distilled student against scratch, paired by seed, with each seed's own teacher."""
+    by_seed: dict[int, dict[str, float]] = {}
+    for run in runs:
+        by_seed.setdefault(run["seed"], {})[run["model"]] = run["accuracy"]
+    seeds = sorted(by_seed)
+    if len(seeds) < 2:
+        return {}
+    scratch = [by_seed[seed]["student (scratch)"] for seed in seeds]
+    teachers = [by_seed[seed]["teacher"] for seed in seeds]
+    gains = {}
+    for model in dict.fromkeys(run["model"] for run in runs if run["distilled"]):
+        distilled = [by_seed[seed][model] for seed in seeds]
+        gains[model] = {"metric": "accuracy", **kd_gain(distilled, scratch, teachers)}
+    return gains
+
+
+def method_differences(runs: list[dict]) -> dict[str, dict]:
     """Each method's student minus the plain distilled student on accuracy, paired by seed."""
-    runs = report.get("seed_runs", [])
     by_model: dict[str, dict[int, float]] = {}
     for run in runs:
         by_model.setdefault(run["model"], {})[run["seed"]] = run["accuracy"]
@@ -86,16 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--unlabeled-ratio", type=float, default=1.0)
     parser.add_argument("--methods", help="more students, comma-separated: dkd, lma, robust, ...")
+    parser.add_argument(
+        "--teachers-from",
+        type=Path,
+        help="an earlier benchmark's --output-dir: reuse its teacher of each seed",
+    )
     parser.add_argument("--no-compress", action="store_true", help="no pruning, QAT or export")
     args = parser.parse_args(argv)
-    config = config_lib.from_dict(ClassifyConfig, overrides(args))
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    output = Path(args.output_dir)
 
     pool = f", unlabelled pool {args.unlabeled}" if args.unlabeled else ", labelled only"
     print(f"== shapes ({args.per_class} per class{pool}), seeds {args.seeds} ==", flush=True)
     start = time.perf_counter()
-    report = run_pipeline(prepare(ClassificationTask, config))
+    first_rows, runs = run_seeds(overrides(args), seeds, output, args.teachers_from)
     seconds = time.perf_counter() - start
 
+    rows = with_seed_means(first_rows, runs, ("accuracy",))
     columns = [
         ("model", "model", ""),
         ("accuracy", "accuracy", ".3f"),
@@ -103,34 +150,35 @@ def main(argv: list[str] | None = None) -> int:
         ("params", "params", ","),
         ("seeds", "seeds", ""),
     ]
-    rows = [{"seeds": 1, **row} for row in report["rows"]]
-    print(format_table(rows, columns))
-    gains = report.get("kd_gain", {})
+    print(format_table([{"seeds": 1, **row} for row in rows], columns))
+    gains = seed_gains(runs)
     if not gains:
         print("(one seed: no paired interval; pass --seeds with at least 2, 5 for a claim)")
     for line in kd_gain_lines(gains):
         print(line)
-    against_plain = method_differences(report)
+    against_plain = method_differences(runs)
     for label, difference in against_plain.items():
         print(f"{label} − plain KD, accuracy: {interval_text(difference)}")
-    teacher, scratch = rows[0], next(row for row in rows if row["model"] == "student (scratch)")
+    teacher, scratch = rows[0], rows[1]
     print(
         f"teacher/student parameters: {teacher['params'] / scratch['params']:.1f}x "
         f"({teacher['params']:,} / {scratch['params']:,})"
     )
-    print(f"(pipeline wall clock {seconds:.0f} s)")
+    print(f"(wall clock {seconds:.0f} s for {len(seeds)} seeds)")
 
     atomic_write_json(
-        Path(args.output_dir) / "benchmark.json",
+        output / "benchmark.json",
         {
             "config": overrides(args),
+            "seeds": seeds,
             "rows": rows,
+            "seed_runs": runs,
             "kd_gain": gains,
             "method_minus_plain_kd": against_plain,
             "seconds": seconds,
         },
     )
-    print(f"written {Path(args.output_dir) / 'benchmark.json'}")
+    print(f"written {output / 'benchmark.json'}")
     return 0
 
 

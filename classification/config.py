@@ -127,7 +127,7 @@ class ClassifyConfig(shared.RunConfig):
 
     builtin: Literal["digits", "shapes"] = "digits"
     builtin_dir: str = "runs/classify_data/shapes"
-    builtin_per_class: int = Field(200, ge=2)
+    builtin_per_class: int = Field(1000, ge=2)
     builtin_unlabeled: int = Field(3000, ge=1)
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 3

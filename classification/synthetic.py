@@ -42,7 +42,7 @@ class ShapesConfig:
         seed: the same seed writes the same bytes.
     """
 
-    per_class: int = 200
+    per_class: int = 1000
     unlabeled: int = 0
     image_size: int = 32
     seed: int = 0
