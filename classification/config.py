@@ -178,6 +178,12 @@ class ClassifyConfig(shared.RunConfig):
                 f"teacher_model.backbone={self.teacher_model.backbone!r} has other stages. Use "
                 "backbone: cnn for both, or drop progressive."
             )
+        if self.offline and self.unlabeled_mixup:
+            raise ValueError(
+                "offline=true cannot be combined with unlabeled_mixup > 0: the cached teacher "
+                "outputs describe the unmixed images. Drop one of them. "
+                f"Received: offline=True, unlabeled_mixup={self.unlabeled_mixup}."
+            )
         if self.offline and self.augment:
             raise config_lib.ConfigError(
                 "offline=true cannot be combined with augment=true: the cached teacher outputs "

@@ -10,6 +10,11 @@ labelled ones at `ratio` unlabelled batches per labelled batch. Every element th
 of the labelled batches' shape. The `Distiller` weighs the task loss and the metrics of each
 example by `weight`, and the KD terms see every example at full weight, so an unlabelled
 example reaches the KD terms only.
+
+With `mixup > 0` each unlabelled batch is mixed pairwise before the teacher and the student see
+it (`mixup_batch`): both see the same new image, so the student matches the teacher's function
+between the frames as well as on them ("function matching", Beyer et al., "Knowledge
+distillation: A good teacher is patient and consistent", CVPR 2022).
 """
 
 from __future__ import annotations
@@ -37,16 +42,19 @@ class UnlabeledPool:
         source: the folder they were read from (or the built-in generator's name).
         ratio: unlabelled batches per labelled batch.
         files: the image files, in the order of `images`.
+        mixup: α of the Beta(α, α) mixing weights of `mixup_batch`; 0 leaves batches unmixed.
     """
 
     images: np.ndarray
     source: str
     ratio: float
     files: tuple[Path, ...] = ()
+    mixup: float = 0.0
 
     def summary(self) -> dict:
-        """`report["unlabeled"]`: where the pool is from, its size and mixing ratio."""
-        return {"source": self.source, "images": int(len(self.images)), "ratio": self.ratio}
+        """`report["unlabeled"]`: where the pool is from, its size, mixing ratio and mixup."""
+        summary = {"source": self.source, "images": int(len(self.images)), "ratio": self.ratio}
+        return {**summary, "mixup": self.mixup} if self.mixup else summary
 
 
 def list_unlabeled_folder(directory: str | os.PathLike) -> list[Path]:
@@ -78,7 +86,10 @@ def list_unlabeled_folder(directory: str | os.PathLike) -> list[Path]:
 
 
 def read_unlabeled_folder(
-    directory: str | os.PathLike, read: Callable[[Path], np.ndarray], ratio: float = 1.0
+    directory: str | os.PathLike,
+    read: Callable[[Path], np.ndarray],
+    ratio: float = 1.0,
+    mixup: float = 0.0,
 ) -> UnlabeledPool:
     """Every image under `directory`, preprocessed by `read`, as a pool mixed in at `ratio`.
 
@@ -90,6 +101,7 @@ def read_unlabeled_folder(
         read: the task's preprocessing of one file into its input array; it raises
             `kd_keras.images.ImageReadError` for a file it cannot decode.
         ratio: unlabelled batches per labelled batch (`mixing_order`).
+        mixup: α of the pool's pairwise mixing (`mixup_batch`); 0 for none.
 
     Returns:
         The pool: `[n, ...]` float32 inputs in the sorted order of the files.
@@ -113,7 +125,8 @@ def read_unlabeled_folder(
             f"{len(problems)} of the {len(files)} unlabelled images cannot be read: {listed}"
             f"{more}. Remove or replace them. Received: unlabeled_data={str(directory)!r}."
         )
-    return UnlabeledPool(np.stack(images).astype(np.float32), str(directory), ratio, tuple(files))
+    images = np.stack(images).astype(np.float32)
+    return UnlabeledPool(images, str(directory), ratio, tuple(files), mixup)
 
 
 def mixing_order(labelled_batches: int, ratio: float) -> np.ndarray:
@@ -138,6 +151,22 @@ def mixing_order(labelled_batches: int, ratio: float) -> np.ndarray:
         order.append(0)
         order.extend([1] * int(np.sum(after == index)))
     return np.asarray(order, np.int64)
+
+
+def mixup_batch(x: tf.Tensor, alpha: float, seed: tf.Tensor) -> tf.Tensor:
+    """Each image of `x` mixed with the next one of the batch (the last with the first).
+
+    Formula (mixup, Zhang et al. 2018, on inputs only):
+        λ_i ~ Beta(α, α),   x̃_i = λ_i · x_i + (1 − λ_i) · x_{(i+1) mod n}
+
+    λ is drawn as `g₁ / (g₁ + g₂)` from two Gamma(α) draws, statelessly from `seed` (a `[2]`
+    integer tensor), so the same seed mixes the same way.
+    """
+    shape = tf.concat([tf.shape(x)[:1], tf.ones([tf.rank(x) - 1], tf.int32)], 0)
+    first = tf.random.stateless_gamma(shape, seed, alpha)
+    second = tf.random.stateless_gamma(shape, seed + [0, 1 << 30], alpha)
+    weight = first / tf.maximum(first + second, 1e-12)
+    return weight * x + (1.0 - weight) * tf.roll(x, shift=-1, axis=0)
 
 
 def mix_unlabeled(
@@ -165,7 +194,11 @@ def mix_unlabeled(
     Returns:
         A dataset of `(x, y, weight)` (offline: `(x, y, teacher_outputs, weight)`). `weight`
         is `[batch]` float32, 1 for labelled examples and 0 for unlabelled ones, whose `y` are
-        zeros shaped like the labelled ones.
+        zeros shaped like the labelled ones. With `pool.mixup` the unlabelled `x` are mixed
+        pairwise (`mixup_batch`), a new draw for every batch.
+
+    Raises:
+        ValueError: mixup with offline KD (the cached outputs describe unmixed images).
     """
     x_spec, y_spec = labelled.element_spec[:2]
     offline = len(labelled.element_spec) == 3
@@ -175,6 +208,12 @@ def mix_unlabeled(
             "on the pool: pass both or neither. Received: labelled elements with "
             f"{len(labelled.element_spec)} parts, teacher_outputs="
             f"{'given' if teacher_outputs is not None else 'None'}."
+        )
+    if offline and pool.mixup:
+        raise ValueError(
+            "Mixup on the unlabelled pool needs the teacher online: its cached outputs describe "
+            f"the unmixed images. Set unlabeled_mixup to 0 or drop offline KD. Received: "
+            f"mixup={pool.mixup}."
         )
     count = labelled_batches
     if count is None:
@@ -206,6 +245,11 @@ def mix_unlabeled(
     images = tf.data.Dataset.from_tensor_slices(sources)
     images = images.shuffle(len(pool.images), seed=seed, reshuffle_each_iteration=True).repeat()
     unlabelled = images.batch(batch_size, drop_remainder=len(pool.images) >= batch_size)
+    if pool.mixup:
+        alpha = float(pool.mixup)
+        unlabelled = unlabelled.enumerate().map(
+            lambda index, x: mixup_batch(x, alpha, tf.stack([tf.constant(seed, tf.int64), index]))
+        )
     order = np.tile(mixing_order(count, pool.ratio), epochs)
     mixed = tf.data.Dataset.choose_from_datasets(
         [labelled.map(weighted), unlabelled.map(unweighted)],
@@ -220,5 +264,6 @@ __all__ = [
     "list_unlabeled_folder",
     "mix_unlabeled",
     "mixing_order",
+    "mixup_batch",
     "read_unlabeled_folder",
 ]

@@ -202,12 +202,15 @@ class RunConfig(ConfigModel):
     `unlabeled_data` is a folder of unlabelled images (subfolders read too), or `builtin` for
     the pool the task's built-in data generator writes; distilled students (never the scratch
     baseline) also train on it, `unlabeled_ratio` of its batches per labelled batch, each
-    teaching through the KD terms alone (`kd_keras.unlabeled`).
+    teaching through the KD terms alone (`kd_keras.unlabeled`). `unlabeled_mixup > 0` mixes
+    each unlabelled batch pairwise with Beta(α, α) weights of that α before the teacher and
+    the student see it (function matching; `kd_keras.unlabeled.mixup_batch`).
     """
 
     data: str | None = None
     unlabeled_data: str | None = None
     unlabeled_ratio: float = Field(1.0, gt=0)
+    unlabeled_mixup: float = Field(0.0, ge=0)
     teacher: str | None = None
     teacher_epochs: int = Field(30, ge=1)
     epochs: int = Field(30, ge=1)

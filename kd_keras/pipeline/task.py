@@ -238,7 +238,10 @@ class Task(abc.ABC):
         if source is None:
             return None
         folder = self.builtin_unlabeled() if source == "builtin" else Path(source)
-        return read_unlabeled_folder(folder, self.read_unlabeled, self.config.unlabeled_ratio)
+        config = self.config
+        return read_unlabeled_folder(
+            folder, self.read_unlabeled, config.unlabeled_ratio, config.unlabeled_mixup
+        )
 
     def with_unlabeled(
         self,

@@ -166,6 +166,13 @@ def test_robust_kd_with_offline_teacher_outputs_is_refused():
         from_dict(ClassifyConfig, {"offline": True, "methods": ["robust"]})
 
 
+def test_pool_mixup_with_offline_teacher_outputs_is_refused():
+    from kd_keras.config import ConfigError
+
+    with pytest.raises(ConfigError, match="offline=true cannot be combined with unlabeled_mixup"):
+        from_dict(ClassifyConfig, {"offline": True, "unlabeled_mixup": 0.5})
+
+
 def test_progressive_kd_with_offline_teacher_outputs_is_refused():
     from kd_keras.config import ConfigError
 

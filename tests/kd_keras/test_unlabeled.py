@@ -11,6 +11,7 @@ from kd_keras.unlabeled import (
     list_unlabeled_folder,
     mix_unlabeled,
     mixing_order,
+    mixup_batch,
     read_unlabeled_folder,
 )
 from tests.helpers import tiny_classifier, tiny_data
@@ -78,6 +79,37 @@ def test_offline_mix_carries_the_pool_teacher_outputs():
     assert sorted(outputs[:, 0].tolist()) == [0, 3, 6, 9]
     with pytest.raises(ValueError, match="pass both or neither"):
         mix_unlabeled(labelled, pool, 2, 0)
+
+
+def test_mixup_mixes_each_image_with_the_next_by_a_beta_weight():
+    x = tf.constant(np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.0, 10.0, 20.0, 30.0)]))
+    mixed = mixup_batch(x, 1.0, tf.constant([3, 0], tf.int64)).numpy()
+    # Every pixel of image i lies between x_i and x_{i+1}; one weight per image.
+    following = np.roll(x.numpy(), -1, axis=0)
+    weights = (mixed - following) / (x.numpy() - following)
+    assert np.allclose(weights, weights[:, :1, :1]) and np.all((weights >= 0) & (weights <= 1))
+    assert len(np.unique(np.round(weights[:, 0, 0, 0], 6))) == 4
+    again = mixup_batch(x, 1.0, tf.constant([3, 0], tf.int64)).numpy()
+    np.testing.assert_array_equal(again, mixed)
+    other = mixup_batch(x, 1.0, tf.constant([4, 0], tf.int64)).numpy()
+    assert not np.allclose(other, mixed)
+
+
+def test_pool_mixup_reaches_unlabelled_batches_only_and_not_offline():
+    x = np.arange(4, dtype=np.float32).reshape(4, 1)
+    labelled = tf.data.Dataset.from_tensor_slices((x, np.arange(4))).batch(2)
+    images = np.array([[100.0], [200.0], [300.0], [400.0]], np.float32)
+    pool = UnlabeledPool(images, "pool", 1.0, mixup=0.4)
+    elements = list(mix_unlabeled(labelled, pool, batch_size=2, seed=0))
+    labelled_x = [e[0].numpy().ravel().tolist() for e in elements if e[2][0] == 1]
+    assert labelled_x == [[0.0, 1.0], [2.0, 3.0]]
+    pooled = np.concatenate([e[0].numpy().ravel() for e in elements if e[2][0] == 0])
+    assert np.all((pooled >= 100) & (pooled <= 400))
+    assert not set(pooled.tolist()) <= {100.0, 200.0, 300.0, 400.0}
+    assert pool.summary()["mixup"] == 0.4
+    cached = tf.data.Dataset.from_tensor_slices((x, np.arange(4), np.ones((4, 3)))).batch(2)
+    with pytest.raises(ValueError, match="needs the teacher online"):
+        mix_unlabeled(cached, pool, 2, 0, teacher_outputs=np.ones((4, 3)))
 
 
 def test_read_unlabeled_folder_reads_subfolders_in_order(tmp_path):
