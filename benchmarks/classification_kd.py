@@ -3,7 +3,9 @@
     python benchmarks/classification_kd.py                        # seeds 0-4, labelled shapes only
     python benchmarks/classification_kd.py --unlabeled builtin    # + 3,000 unlabelled shapes
     python benchmarks/classification_kd.py --methods dkd          # + a decoupled-KD row
-    python benchmarks/classification_kd.py --teachers-from runs/classification_benchmark ...
+    python benchmarks/classification_kd.py --unlabeled builtin --mixup 1 \
+        --teachers-from runs/classification_benchmark --compare-with runs/classification_benchmark \
+        --output-dir runs/classification_benchmark_mixup      # function matching on the pool
 
 The classification pipeline (`classification.task.ClassificationTask`) on the built-in `shapes`
 task (6 shapes on photo backgrounds, 32 px; `--per-class` labelled images of each), with every
@@ -13,7 +15,8 @@ scratch and the distilled students start from the same weights and see the same 
 batches. Prints each row's accuracy (mean ± std over the seeds), the distilled − scratch
 difference paired by seed with its 95% interval, the fraction of the teacher–scratch gap the
 distilled student closes (against each seed's teacher), each `--methods` row minus the plain
-distilled student (paired the same way), the teacher/student size ratio and the wall clock.
+distilled student (paired the same way), with `--compare-with` each row minus the same row of
+an earlier run on the same seeds, the teacher/student size ratio and the wall clock.
 `--no-compress` skips pruning, QAT and the int8 export (the KD figures do not depend on them).
 Writes `<output-dir>/benchmark.json`. Not a test; never run in CI.
 """
@@ -21,6 +24,7 @@ Writes `<output-dir>/benchmark.json`. Not a test; never run in CI.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -50,6 +54,7 @@ def overrides(args: argparse.Namespace) -> dict:
         settings["methods"] = tuple(args.methods.split(","))
     if args.unlabeled:
         settings.update(unlabeled_data=args.unlabeled, unlabeled_ratio=args.unlabeled_ratio)
+        settings.update(unlabeled_mixup=args.mixup)
     if args.no_compress:
         settings.update(compress={"sparsity": 0.0, "qat_epochs": 0, "export": None})
         settings.update(int8_costs=False, latency_runs=1)
@@ -115,6 +120,21 @@ def method_differences(runs: list[dict]) -> dict[str, dict]:
     return differences
 
 
+def run_differences(runs: list[dict], earlier: list[dict]) -> dict[str, dict]:
+    """Each row of `runs` minus the same row of `earlier` on accuracy, paired by seed."""
+    before = {(run["model"], run["seed"]): run["accuracy"] for run in earlier}
+    differences = {}
+    for model in dict.fromkeys(run["model"] for run in runs):
+        pairs = [
+            (run["accuracy"], before[model, run["seed"]])
+            for run in runs
+            if run["model"] == model and (model, run["seed"]) in before
+        ]
+        if len(pairs) >= 2:
+            differences[model] = paired_difference(*zip(*pairs)).as_dict()
+    return differences
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2,3,4")
@@ -125,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         help="unlabelled images the distilled students also learn from: a folder, or builtin",
     )
     parser.add_argument("--unlabeled-ratio", type=float, default=1.0)
+    parser.add_argument("--mixup", type=float, default=0.0, help="unlabeled_mixup: Beta(a, a)")
     parser.add_argument("--methods", help="more students, comma-separated: dkd, lma, robust, ...")
     parser.add_argument(
         "--teachers-from",
         type=Path,
         help="an earlier benchmark's --output-dir: reuse its teacher of each seed",
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        help="an earlier benchmark's --output-dir on the same seeds: each row minus its own",
     )
     parser.add_argument("--no-compress", action="store_true", help="no pruning, QAT or export")
     args = parser.parse_args(argv)
@@ -159,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     against_plain = method_differences(runs)
     for label, difference in against_plain.items():
         print(f"{label} − plain KD, accuracy: {interval_text(difference)}")
+    against_earlier = {}
+    if args.compare_with:
+        earlier = json.loads((args.compare_with / "benchmark.json").read_text())["seed_runs"]
+        against_earlier = run_differences(runs, earlier)
+        for label, difference in against_earlier.items():
+            print(f"{label} − the same in {args.compare_with}: {interval_text(difference)}")
     teacher, scratch = rows[0], rows[1]
     print(
         f"teacher/student parameters: {teacher['params'] / scratch['params']:.1f}x "
@@ -175,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed_runs": runs,
             "kd_gain": gains,
             "method_minus_plain_kd": against_plain,
+            "minus_compared_run": against_earlier,
             "seconds": seconds,
         },
     )
