@@ -92,7 +92,7 @@ def train(session: tracking.RunSession | None, output: Path, epochs: int, extra_
 
 
 CONFIG = {"epochs": 3, "distill": {"temperature": 6.0, "schedule": "step", "alpha": 0.9}}
-PARAMS = 4 + 25 + 3  # config, distiller description, calibration
+PARAMS = 4 + 26 + 3  # config, distiller description, calibration
 
 
 def finish(session, output, tflite, x, accuracy, described, register_as="tiny-student"):
