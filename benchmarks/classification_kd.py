@@ -102,37 +102,42 @@ def seed_gains(runs: list[dict]) -> dict[str, dict]:
     return gains
 
 
-def method_differences(runs: list[dict]) -> dict[str, dict]:
-    """Each method's student minus the plain distilled student on accuracy, paired by seed."""
+def _accuracies(runs: list[dict]) -> dict[str, dict[int, float]]:
+    """`{model: {seed: accuracy}}` of `runs`."""
     by_model: dict[str, dict[int, float]] = {}
     for run in runs:
         by_model.setdefault(run["model"], {})[run["seed"]] = run["accuracy"]
+    return by_model
+
+
+def _paired(treated: dict[int, float], baseline: dict[int, float]) -> dict | None:
+    """`treated − baseline` over the seeds both have, or `None` for fewer than two."""
+    seeds = sorted(set(treated) & set(baseline))
+    if len(seeds) < 2:
+        return None
+    values = ([treated[seed] for seed in seeds], [baseline[seed] for seed in seeds])
+    return paired_difference(*values).as_dict()
+
+
+def method_differences(runs: list[dict]) -> dict[str, dict]:
+    """Each method's student minus the plain distilled student on accuracy, paired by seed."""
+    by_model = _accuracies(runs)
     plain = by_model.get("student (distilled)", {})
-    if len(plain) < 2:
-        return {}
-    seeds = sorted(plain)
-    differences = {}
-    for model, values in by_model.items():
-        if model.startswith("student (distilled, ") and set(values) >= set(seeds):
-            treated = [values[seed] for seed in seeds]
-            baseline = [plain[seed] for seed in seeds]
-            differences[model] = paired_difference(treated, baseline).as_dict()
-    return differences
+    differences = {
+        model: _paired(values, plain)
+        for model, values in by_model.items()
+        if model.startswith("student (distilled, ")
+    }
+    return {model: value for model, value in differences.items() if value is not None}
 
 
 def run_differences(runs: list[dict], earlier: list[dict]) -> dict[str, dict]:
     """Each row of `runs` minus the same row of `earlier` on accuracy, paired by seed."""
-    before = {(run["model"], run["seed"]): run["accuracy"] for run in earlier}
-    differences = {}
-    for model in dict.fromkeys(run["model"] for run in runs):
-        pairs = [
-            (run["accuracy"], before[model, run["seed"]])
-            for run in runs
-            if run["model"] == model and (model, run["seed"]) in before
-        ]
-        if len(pairs) >= 2:
-            differences[model] = paired_difference(*zip(*pairs)).as_dict()
-    return differences
+    before = _accuracies(earlier)
+    differences = {
+        model: _paired(values, before.get(model, {})) for model, values in _accuracies(runs).items()
+    }
+    return {model: value for model, value in differences.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -179,7 +179,7 @@ class ClassifyConfig(shared.RunConfig):
                 "backbone: cnn for both, or drop progressive."
             )
         if self.offline and self.unlabeled_mixup:
-            raise ValueError(
+            raise config_lib.ConfigError(
                 "offline=true cannot be combined with unlabeled_mixup > 0: the cached teacher "
                 "outputs describe the unmixed images. Drop one of them. "
                 f"Received: offline=True, unlabeled_mixup={self.unlabeled_mixup}."
