@@ -37,8 +37,8 @@ from classification.task import ClassificationTask
 from kd_keras.config import from_dict
 from kd_keras.io import atomic_write_json
 from kd_keras.pipeline import prepare, run_pipeline
-from kd_keras.pipeline.reporting import format_table, with_seed_means
-from kd_keras.stats import interval_text, kd_gain, kd_gain_lines, paired_difference
+from kd_keras.pipeline.reporting import format_table, kd_gains, with_seed_means
+from kd_keras.stats import interval_text, kd_gain_lines, paired_difference
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -83,23 +83,6 @@ def run_seeds(
         accuracies = ", ".join(f"{row['model']} {row['accuracy']:.3f}" for row in report["rows"])
         print(f"seed {seed}: {accuracies}", flush=True)
     return rows, runs
-
-
-def seed_gains(runs: list[dict]) -> dict[str, dict]:
-    """Each distilled student against scratch, paired by seed, with each seed's own teacher."""
-    by_seed: dict[int, dict[str, float]] = {}
-    for run in runs:
-        by_seed.setdefault(run["seed"], {})[run["model"]] = run["accuracy"]
-    seeds = sorted(by_seed)
-    if len(seeds) < 2:
-        return {}
-    scratch = [by_seed[seed]["student (scratch)"] for seed in seeds]
-    teachers = [by_seed[seed]["teacher"] for seed in seeds]
-    gains = {}
-    for model in dict.fromkeys(run["model"] for run in runs if run["distilled"]):
-        distilled = [by_seed[seed][model] for seed in seeds]
-        gains[model] = {"metric": "accuracy", **kd_gain(distilled, scratch, teachers)}
-    return gains
 
 
 def _accuracies(runs: list[dict]) -> dict[str, dict[int, float]]:
@@ -182,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ("seeds", "seeds", ""),
     ]
     print(format_table([{"seeds": 1, **row} for row in rows], columns))
-    gains = seed_gains(runs)
+    gains = kd_gains(runs, rows[0], "student (scratch)", "accuracy")
     if not gains:
         print("(one seed: no paired interval; pass --seeds with at least 2, 5 for a claim)")
     for line in kd_gain_lines(gains):

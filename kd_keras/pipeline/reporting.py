@@ -177,7 +177,9 @@ class Reporter:
 
 def kd_gains(runs: list[dict], teacher_row: dict, scratch: str, headline: str) -> dict:
     """Per distilled student over the seeds of `runs`: `kd_keras.stats.kd_gain` on `headline`
-    against `scratch` (the paired difference, and the teacher–scratch gap closed)."""
+    against `scratch` (the paired difference, and the teacher–scratch gap closed). The gap is
+    to each seed's own teacher where `runs` hold one (a run of `teacher_row`'s model in every
+    seed), else to `teacher_row`."""
     by_seed: dict[int, dict[str, dict]] = {}
     for run in runs:
         by_seed.setdefault(run["seed"], {})[run["model"]] = run
@@ -185,11 +187,15 @@ def kd_gains(runs: list[dict], teacher_row: dict, scratch: str, headline: str) -
     if len(seeds) < 2:
         return {}
     base = [by_seed[seed][scratch][headline] for seed in seeds]
+    teacher = teacher_row["model"]
+    teachers = teacher_row[headline]
+    if all(teacher in by_seed[seed] for seed in seeds):
+        teachers = [by_seed[seed][teacher][headline] for seed in seeds]
     gains = {}
     for label in dict.fromkeys(r["model"] for r in runs if r.get("distilled")):
         if all(label in by_seed[seed] for seed in seeds):
             values = [by_seed[seed][label][headline] for seed in seeds]
-            gain = stats.kd_gain(values, base, teacher_row[headline])
+            gain = stats.kd_gain(values, base, teachers)
             gains[label] = {"metric": headline, **gain}
     return gains
 

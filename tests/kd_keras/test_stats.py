@@ -47,3 +47,19 @@ def test_kd_gain_lines_state_the_interval_and_the_gap():
     assert first.startswith("student (KD) − scratch, accuracy: +0.200 [+0.200, +0.200]")
     assert first.endswith("interval above zero: True")
     assert "gap closed: +0.579" in second  # mean of 0.2/0.4, 0.2/0.3, 0.2/0.35
+
+
+def test_report_gains_use_each_seeds_teacher_when_the_runs_hold_one():
+    from kd_keras.pipeline.reporting import kd_gains
+
+    def run(model, seed, accuracy, distilled=False):
+        return {"model": model, "seed": seed, "accuracy": accuracy, "distilled": distilled}
+
+    students = [run("scratch", 0, 0.4), run("scratch", 1, 0.5)]
+    students += [run("kd", 0, 0.6, True), run("kd", 1, 0.7, True)]
+    teacher_row = {"model": "teacher", "accuracy": 0.8}
+    shared = kd_gains(students, teacher_row, "scratch", "accuracy")["kd"]["gap_closed"]
+    assert shared["values"] == pytest.approx([0.5, 2 / 3])
+    own = students + [run("teacher", 0, 0.8), run("teacher", 1, 0.9)]
+    per_seed = kd_gains(own, teacher_row, "scratch", "accuracy")["kd"]["gap_closed"]
+    assert per_seed["values"] == pytest.approx([0.5, 0.5])
