@@ -20,7 +20,7 @@ from classification import evaluation, models
 from classification.distillation import DKD_METHOD, classification_kd_terms
 from classification.subset import ClassSubset, save_class_mapping
 from classification.synthetic import UNLABELED
-from kd_keras import compress, export
+from kd_keras import compress, export, losses
 from kd_keras.distiller import Distiller
 from kd_keras.images import read_resized
 from kd_keras.methods import BUDGET, OKDDIP, PROGRESSIVE, ROBUST, Method, OnlineDistiller, offline
@@ -166,7 +166,9 @@ class ClassificationTask(Task):
     def _compile(self, model: keras.Model, learning_rate: float, loss: bool = True) -> None:
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) if loss else None,
+            loss=losses.global_batch_loss(keras.losses.SparseCategoricalCrossentropy(True))
+            if loss
+            else None,
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         )
 

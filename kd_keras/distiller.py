@@ -16,7 +16,7 @@ from typing import NamedTuple
 import tensorflow as tf
 import tf_keras as keras
 
-from kd_keras import schedules
+from kd_keras import losses, schedules
 from kd_keras.models import graph
 from kd_keras.terms import DistillationTerm
 
@@ -152,6 +152,10 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name=f"{t.name}_temperature") if t.temperature is not None else None
             for t in terms
         ]
+        # The trackers' results are already global (their variables sum over every replica when
+        # read), so Keras must not add them up once more per worker, as its multi-worker
+        # default does.
+        self.distribute_reduction_method = "first"
 
     # === Set-up ===
 
@@ -268,7 +272,7 @@ class Distiller(keras.Model):
         Called inside the training tape, so the student's regularization losses are recorded.
         """
         # Average over the global batch so gradients summed across replicas are the mean.
-        loss = tf.nn.compute_average_loss(total)
+        loss = losses.global_batch_mean(total)
         if self.student.losses:
             regularization = tf.add_n([tf.cast(r, tf.float32) for r in self.student.losses])
             loss += tf.nn.scale_regularization_loss(regularization)

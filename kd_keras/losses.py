@@ -276,3 +276,69 @@ class BinarySoftTargetKL(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+def global_batch_mean(values: tf.Tensor) -> tf.Tensor:
+    """`Σ values / N`, N the number of values in the global batch (over every replica).
+
+    This replica's share of the global mean: summed over the replicas, as their gradients are,
+    it is the mean of the whole batch, also when the replicas hold unequal shares of it (the
+    last, partial batch of an epoch). `tf.nn.compute_average_loss` divides by this replica's
+    count times the replica count instead, which weighs a short share's examples more. With one
+    replica it is `tf.nn.compute_average_loss`: the plain mean.
+    """
+    values = tf.cast(values, tf.float32)
+    count = tf.cast(tf.size(values), tf.float32)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.math.divide_no_nan(tf.reduce_sum(values), count)
+
+
+@keras.saving.register_keras_serializable(package="kd_keras")
+class GlobalBatchMean(keras.losses.Loss):
+    """`loss` averaged over the global batch under several replicas (`global_batch_mean`).
+
+    Keras averages a compiled loss over each replica's share of the batch and divides by the
+    replica count R, so a partial batch split unequally is weighed unlike one process weighs it.
+    This loss has reduction SUM and returns, for each of a replica's n examples,
+
+        v_i = ℓ_i / N + stop_gradient(ℓ_i / (R n) − ℓ_i / N)     (N: the global count)
+
+    Its gradient is that of `Σ_i ℓ_i / N`, which the replicas' summed gradients turn into the
+    global mean; its value is Keras's own `Σ_i ℓ_i / (R n)`, so Keras's loss metric (the value
+    times R, weighted by n) stays the exact global mean. Use `global_batch_loss`, which keeps
+    `loss` itself on one replica.
+    """
+
+    def __init__(self, loss: keras.losses.Loss, name: str | None = None):
+        super().__init__(reduction=keras.losses.Reduction.SUM, name=name or loss.name)
+        self.loss = loss
+
+    def call(self, y_true, y_pred):
+        per_example = self.loss.call(y_true, y_pred)
+        count = tf.cast(tf.size(per_example), per_example.dtype)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return tf.math.divide_no_nan(per_example, count)
+        replicas = tf.cast(context.num_replicas_in_sync, per_example.dtype)
+        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        share = tf.math.divide_no_nan(per_example, global_count)
+        as_keras = tf.math.divide_no_nan(per_example, replicas * count)
+        return share + tf.stop_gradient(as_keras - share)
+
+    def get_config(self):
+        return {"name": self.name, "loss": keras.losses.serialize(self.loss)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.losses.deserialize(config["loss"]), name=config.get("name"))
+
+
+def global_batch_loss(loss: keras.losses.Loss) -> keras.losses.Loss:
+    """`loss` for `compile`: wrapped in `GlobalBatchMean` when built under a strategy with
+    several replicas (`--strategy mirrored` or `multiworker`), `loss` itself otherwise (the
+    arithmetic of one device unchanged, like `models.layers.batch_norm`)."""
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        return GlobalBatchMean(loss)
+    return loss

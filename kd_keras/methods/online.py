@@ -190,6 +190,8 @@ class OnlineDistiller(keras.Model):
         self.leader_loss_tracker = keras.metrics.Mean(name="leader_loss")
         self.peer_loss_tracker = keras.metrics.Mean(name="peer_loss")
         self.attention_entropy_tracker = keras.metrics.Mean(name="attention_entropy")
+        # Global results already (see `Distiller`): not summed once more per worker.
+        self.distribute_reduction_method = "first"
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """As `keras.Model.compile`; the loss is built in, metrics apply to the leader's logits.
@@ -275,7 +277,7 @@ class OnlineDistiller(keras.Model):
                 x, y, training=True
             )
             # Average over the global batch so gradients summed across replicas are the mean.
-            loss = tf.nn.compute_average_loss(total)
+            loss = losses.global_batch_mean(total)
             if self.losses:
                 regularization = tf.add_n([tf.cast(r, tf.float32) for r in self.losses])
                 loss += tf.nn.scale_regularization_loss(regularization)

@@ -19,8 +19,11 @@ TINY = [
     "--set", "compress.qat_epochs=1",
     "--set", "latency_runs=3",
     "--set", "int8_costs=false",
+    "--set", "teacher_model.dropout=0",
     "--no-tracking",
 ]  # fmt: skip
+# Dropout off: each replica draws its own masks for its half of a batch, which one process
+# drawing for the whole batch cannot match.
 
 
 def _free_ports(count: int) -> list[int]:
@@ -70,14 +73,19 @@ def test_two_workers_on_loopback_match_one_worker(tmp_path):
     chief = json.loads((multi / "report.json").read_text())
     worker = json.loads((multi / "worker_1" / "report.json").read_text())
     assert [row["model"] for row in chief["rows"]] == [row["model"] for row in one["rows"]]
+    # Same initial weights, batches and global-batch arithmetic: every stage's first epoch is
+    # one process's. Later epochs drift by float rounding (the replicas sum in another order),
+    # which training amplifies: up to 7.5% on the teacher's near-zero loss after four epochs.
+    for stage in ("teacher", "scratch"):
+        assert chief["epoch_losses"][stage][0] == pytest.approx(
+            one["epoch_losses"][stage][0], rel=1e-4
+        ), stage
+    for stage, losses in one["epoch_losses"].items():
+        assert chief["epoch_losses"][stage] == pytest.approx(losses, rel=0.15), stage
     for expected, row in zip(one["rows"], chief["rows"]):
-        # Same initial weights and data; each replica normalises its half of a batch with its
-        # own batch-norm statistics, and four epochs leave that difference visible.
-        assert row["accuracy"] == pytest.approx(expected["accuracy"], abs=0.08), row["model"]
+        assert row["accuracy"] == pytest.approx(expected["accuracy"], abs=0.02), row["model"]
         assert row["accuracy"] > 0.8, row["model"]
         assert row["params"] == expected["params"]
-        if expected.get("train_loss") is not None:
-            assert row["train_loss"] < 4 * expected["train_loss"] + 0.1, row["model"]
     # Both workers hold the same replicated weights, so they report the same models.
     for a, b in zip(chief["rows"], worker["rows"]):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6), a["model"]
