@@ -288,11 +288,16 @@ def global_batch_mean(values: tf.Tensor) -> tf.Tensor:
     replica it is `tf.nn.compute_average_loss`: the plain mean.
     """
     values = tf.cast(values, tf.float32)
-    count = tf.cast(tf.size(values), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(values), _global_count(values))
+
+
+def _global_count(values: tf.Tensor) -> tf.Tensor:
+    """The number of `values` over every replica of the step (this replica's alone outside one)."""
+    count = tf.cast(tf.size(values), values.dtype)
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-    return tf.math.divide_no_nan(tf.reduce_sum(values), count)
+    return count
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -317,13 +322,10 @@ class GlobalBatchMean(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         per_example = self.loss.call(y_true, y_pred)
-        count = tf.cast(tf.size(per_example), per_example.dtype)
         context = tf.distribute.get_replica_context()
-        if context is None or context.num_replicas_in_sync == 1:
-            return tf.math.divide_no_nan(per_example, count)
-        replicas = tf.cast(context.num_replicas_in_sync, per_example.dtype)
-        global_count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-        share = tf.math.divide_no_nan(per_example, global_count)
+        replicas = 1 if context is None else context.num_replicas_in_sync
+        count = tf.cast(tf.size(per_example), per_example.dtype)
+        share = tf.math.divide_no_nan(per_example, _global_count(per_example))
         as_keras = tf.math.divide_no_nan(per_example, replicas * count)
         return share + tf.stop_gradient(as_keras - share)
 
