@@ -26,6 +26,7 @@ from detection.litert import HEAD_ROLES, LiteRTDetector
 from detection.visualize import detection_pictures
 from kd_keras import compress
 from kd_keras.images import read_image
+from kd_keras.losses import global_batch_loss
 from kd_keras.methods import BUDGET, PROGRESSIVE
 from kd_keras.pipeline import (
     DeploySpec,
@@ -186,6 +187,7 @@ class DetectionTask(Task):
 
     def plain(self, model: keras.Model, stage: Stage) -> Training:
         losses, weights = CenterNetLoss().per_head_losses()
+        losses = [global_batch_loss(loss) for loss in losses]
         optimizer = self._decaying(stage.learning_rate, stage.epochs * self.labelled_steps(stage))
         model.compile(optimizer, losses, loss_weights=weights)
         return Training(model, *self._data(stage))

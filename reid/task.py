@@ -21,6 +21,7 @@ from kd_keras import compress, schedules
 from kd_keras.distiller import Distiller
 from kd_keras.export import tflite_predict
 from kd_keras.images import read_resized
+from kd_keras.losses import global_batch_loss
 from kd_keras.pipeline import DeploySpec, Role, Stage, Student, Task, Training, table_columns
 from kd_keras.pipeline.fingerprint import file_listing
 from reid import data as data_lib
@@ -167,6 +168,7 @@ class ReIDTask(Task):
     def plain(self, model: keras.Model, stage: Stage) -> Training:
         config = self.config
         losses = [TripletLoss(config.margin), IdentityLoss(config.label_smoothing)]
+        losses = [global_batch_loss(loss) for loss in losses]
         model.compile(self._optimizer(stage), loss=losses)
         return Training(model, self._data(stage), self._steps(stage))
 

@@ -22,13 +22,13 @@ def _mirrored() -> tf.distribute.MirroredStrategy:
     )
 
 
-def _sgd_step(strategy, build) -> tuple[float, list[np.ndarray]]:
+def _sgd_step(strategy, build, targets=lambda y: y) -> tuple[float, list[np.ndarray]]:
     """One SGD step (learning rate 1) on `ODD` examples: the loss and the gradients."""
     x, y = tiny_data(ODD)
     with strategy.scope():
         model = build()
     before = [v.numpy().copy() for v in model.trainable_variables]
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(ODD)
+    data = tf.data.Dataset.from_tensor_slices((x, targets(y))).batch(ODD)
     loss = model.fit(data, epochs=1, verbose=0).history["loss"][0]
     return loss, [b - v.numpy() for b, v in zip(before, model.trainable_variables)]
 
@@ -41,6 +41,22 @@ def _plain(loss_of):
         return model
 
     return build
+
+
+def _two_headed():
+    """Logits and features, each with its own compiled loss and weight, as detection's three heads
+    and re-id's two outputs are compiled."""
+    keras.utils.set_random_seed(0)
+    model = tiny_classifier()
+    model = keras.Model(model.input, [model.output, model.get_layer("features").output])
+    heads = [CE, keras.losses.MeanSquaredError()]
+    wrapped = [losses.global_batch_loss(head) for head in heads]
+    model.compile(keras.optimizers.SGD(1.0), wrapped, loss_weights=[1.0, 0.5])
+    return model
+
+
+def _logits_and_features(y):
+    return y, np.linspace(0.0, 1.0, len(y) * 4, dtype=np.float32).reshape(len(y), 4)
 
 
 def _distiller():
@@ -65,6 +81,11 @@ def test_a_compiled_global_batch_loss_takes_the_one_device_step_on_an_unequal_sp
     _, keras_gradients = _sgd_step(_mirrored(), _plain(lambda loss: loss))
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(one[1], keras_gradients))
     assert difference > 1e-4
+
+
+def test_per_head_global_batch_losses_take_the_one_device_step_on_an_unequal_split():
+    one = _sgd_step(tf.distribute.get_strategy(), _two_headed, _logits_and_features)
+    _assert_same(one, _sgd_step(_mirrored(), _two_headed, _logits_and_features))
 
 
 def test_the_distiller_takes_the_one_device_step_on_an_unequal_split():
