@@ -28,6 +28,15 @@ def _as_log_probs(outputs: tf.Tensor, kind: str, temperature: tf.Tensor) -> tf.T
     return tf.nn.log_softmax(outputs / temperature, axis=-1)
 
 
+def _softened(
+    teacher_outputs: tf.Tensor, student_logits: tf.Tensor, temperature, teacher_kind: str
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(T, log softmax(z_t / T), log softmax(z_s / T))`, T as a float32 tensor."""
+    temperature = tf.cast(temperature, tf.float32)
+    log_p_teacher = _as_log_probs(teacher_outputs, teacher_kind, temperature)
+    return temperature, log_p_teacher, _as_log_probs(student_logits, "logits", temperature)
+
+
 def soft_target_kl(
     teacher_outputs: tf.Tensor,
     student_logits: tf.Tensor,
@@ -57,9 +66,9 @@ def soft_target_kl(
     Example:
         >>> soft_target_kl(tf.constant([[2.0, 0.0]]), tf.constant([[2.0, 0.0]]), 4.0)  # -> [0.]
     """
-    temperature = tf.cast(temperature, tf.float32)
-    log_p_teacher = _as_log_probs(teacher_outputs, teacher_kind, temperature)
-    log_p_student = _as_log_probs(student_logits, "logits", temperature)
+    temperature, log_p_teacher, log_p_student = _softened(
+        teacher_outputs, student_logits, temperature, teacher_kind
+    )
     p_teacher = tf.exp(log_p_teacher)
     kl = tf.reduce_sum(p_teacher * (log_p_teacher - log_p_student), axis=-1)
     return temperature**2 * kl
@@ -88,10 +97,10 @@ def soft_target_cross_entropy(
     Returns:
         `[batch]` loss per example.
     """
-    temperature = tf.cast(temperature, tf.float32)
-    p_teacher = tf.exp(_as_log_probs(teacher_outputs, teacher_kind, temperature))
-    log_p_student = _as_log_probs(student_logits, "logits", temperature)
-    return -(temperature**2) * tf.reduce_sum(p_teacher * log_p_student, axis=-1)
+    temperature, log_p_teacher, log_p_student = _softened(
+        teacher_outputs, student_logits, temperature, teacher_kind
+    )
+    return -(temperature**2) * tf.reduce_sum(tf.exp(log_p_teacher) * log_p_student, axis=-1)
 
 
 def decoupled_kd(
@@ -129,9 +138,9 @@ def decoupled_kd(
     Returns:
         `[batch]` loss per example.
     """
-    temperature = tf.cast(temperature, tf.float32)
-    log_p_teacher = _as_log_probs(teacher_outputs, teacher_kind, temperature)
-    log_p_student = _as_log_probs(student_logits, "logits", temperature)
+    temperature, log_p_teacher, log_p_student = _softened(
+        teacher_outputs, student_logits, temperature, teacher_kind
+    )
     is_target = tf.one_hot(tf.argmax(log_p_teacher, axis=-1), tf.shape(log_p_teacher)[-1]) > 0
 
     def split(log_p):

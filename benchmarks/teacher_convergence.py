@@ -1,0 +1,114 @@
+"""Teacher convergence: the built-in teacher's metric over seeds, for a given schedule.
+
+    python benchmarks/teacher_convergence.py detect --seeds 0 1 2 3 4
+    python benchmarks/teacher_convergence.py detect --seeds 0 1 2 3 4 --set teacher_epochs=60
+    python benchmarks/teacher_convergence.py reid --seeds 0 1 2 3 4
+
+Per seed, trains the task's teacher exactly as its recipe does (the same stage, seed, data,
+augmentation and optimizer as `python -m recipes.<task>`; `--set key=value` overrides the config)
+and evaluates it on the students' test data. Prints each seed's metric and seconds, then the mean
+and the standard deviation over seeds: a teacher worth distilling converges to about the same
+metric from every seed. Writes `<output>/teacher_convergence.json`. Not a test; never run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: task → (config module, config class, task module, task class, headline metric)
+TASKS = {
+    "detect": ("detection.config", "DetectConfig", "detection.task", "DetectionTask", "AP"),
+    "reid": ("reid.config", "ReIDConfig", "reid.task", "ReIDTask", "mAP"),
+    "classify": (
+        "classification.config",
+        "ClassifyConfig",
+        "classification.task",
+        "ClassificationTask",
+        "accuracy",
+    ),
+}
+
+
+def train_teacher(task_name: str, data: dict) -> tuple[dict, float, float]:
+    """`(metrics, seconds, final loss)` of one teacher trained as the recipe trains it."""
+    import importlib
+
+    import tf_keras as keras
+
+    from kd_keras import config as config_lib
+    from kd_keras.pipeline import Role, Stage
+    from kd_keras.pipeline.sequence import SEED_OFFSETS, prepare
+
+    config_module, config_class, task_module, task_class, _ = TASKS[task_name]
+    config_type = getattr(importlib.import_module(config_module), config_class)
+    config = config_lib.from_dict(config_type, data)
+    prepared = prepare(getattr(importlib.import_module(task_module), task_class), config)
+    task, seed = prepared.task, config.seed + SEED_OFFSETS["teacher"]
+    stage = Stage("teacher", Role.TEACHER, config.teacher_epochs, config.learning_rate, seed)
+    keras.utils.set_random_seed(seed)
+    model = task.build("teacher", "teacher")
+    training = task.plain(model, stage)
+    start = time.perf_counter()
+    history = training.model.fit(
+        training.data,
+        epochs=stage.epochs,
+        steps_per_epoch=training.steps_per_epoch,
+        verbose=0,
+    )
+    seconds = time.perf_counter() - start
+    return task.evaluate_teacher(model), seconds, float(history.history["loss"][-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=V")
+    parser.add_argument("--output", default="runs/benchmark_teacher")
+    args = parser.parse_args()
+
+    from kd_keras import config as config_lib
+
+    metric = TASKS[args.task][-1]
+    base = config_lib.apply_overrides({"tracking": {"enabled": False}}, args.overrides)
+    output = Path(args.output)
+    runs = []
+    for seed in args.seeds:
+        data = {**base, "seed": seed, "output_dir": str(output / f"seed{seed}")}
+        metrics, seconds, loss = train_teacher(args.task, data)
+        runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "final_loss": loss})
+        print(
+            f"seed {seed}: teacher {metric} {metrics[metric]:.3f}, final loss {loss:.4f}, "
+            f"{seconds:.0f} s"
+        )
+    values = [run["metrics"][metric] for run in runs]
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    summary = {
+        "task": args.task,
+        "overrides": args.overrides,
+        "metric": metric,
+        "mean": statistics.fmean(values),
+        "std": spread,
+        "min": min(values),
+        "max": max(values),
+        "seconds_per_teacher": statistics.fmean(run["seconds"] for run in runs),
+        "runs": runs,
+    }
+    print(
+        f"teacher {metric} over {len(values)} seeds: {summary['mean']:.3f} ± {spread:.3f} "
+        f"(std; min {summary['min']:.3f}, max {summary['max']:.3f}), "
+        f"{summary['seconds_per_teacher']:.0f} s per teacher"
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "teacher_convergence.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
