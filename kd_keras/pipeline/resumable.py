@@ -18,6 +18,7 @@ from kd_keras import config as config_lib
 from kd_keras.io import atomic_save_model, atomic_save_weights
 from kd_keras.models import load_model_file
 from kd_keras.pipeline.divergence import StopOnNonFiniteLoss
+from kd_keras.pipeline.fingerprint import file_digest
 from kd_keras.pipeline.progress import EpochLog, log
 from kd_keras.pipeline.run_state import RunState
 
@@ -121,16 +122,32 @@ def run_state(
 
     Refuses a folder whose finished stages were made with another config (`stage_dependencies`)
     or other data (`data`, the task's `data_fingerprint()`). `distilled_inputs` (the unlabelled
-    pool's digest) are compared like KD keys: a change trains the distilled students again.
+    pool's digest) are compared like KD keys: a change trains the distilled students again. The
+    content of the model files the config names is compared too (`with_model_file_digests`).
     """
     return RunState(
         config.output_dir,
-        {**config_lib.to_dict(config), **(distilled_inputs or {})},
+        {**with_model_file_digests(config), **(distilled_inputs or {})},
         ignore=RERUN_SAFE_KEYS,
         restart=config.restart,
         data=data,
         changes_stage=stage_dependencies(plain_stages),
     )
+
+
+def with_model_file_digests(config) -> dict:
+    """`config` as a dict, plus the digest of each model file it names: a given `teacher`
+    (`teacher_digest`) and the `weights` file of `teacher_model` / `student_model`
+    (`<section>.weights_digest`). A file replaced under the same name then counts as a changed
+    key, which retrains the stages that read it (`stage_dependencies`)."""
+    data = config_lib.to_dict(config)
+    if data.get("teacher"):
+        data["teacher_digest"] = file_digest(data["teacher"])
+    for section in ("teacher_model", "student_model"):
+        weights = (data.get(section) or {}).get("weights")
+        if weights and weights != "imagenet":
+            data[section] = {**data[section], "weights_digest": file_digest(weights)}
+    return data
 
 
 def reuse_or_train(

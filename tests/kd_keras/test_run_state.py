@@ -63,3 +63,35 @@ def test_an_unreadable_state_file_is_a_config_error(tmp_path):
     (tmp_path / "run_state.json").write_text(json.dumps({"config": {}}))
     with pytest.raises(ConfigError, match="--restart"):
         _state(tmp_path)
+
+
+def test_a_model_file_replaced_under_its_name_retrains_the_stages_that_read_it(tmp_path):
+    from classification.config import ClassifyConfig
+    from kd_keras import config as config_lib
+    from kd_keras.pipeline import run_state
+
+    weights, teacher = tmp_path / "student.weights.h5", tmp_path / "teacher.keras"
+    weights.write_bytes(b"first weights")
+    teacher.write_bytes(b"first teacher")
+    config = config_lib.from_dict(
+        ClassifyConfig,
+        {
+            "output_dir": str(tmp_path / "run"),
+            "builtin": "shapes",
+            "teacher": str(teacher),
+            "student_model": {"backbone": "mobilenet_v2", "width": 0.35, "weights": str(weights)},
+        },
+    )
+    state = run_state(config, plain_stages=["scratch"])
+    for stage in ("teacher", "scratch", "student"):
+        state.finish(stage, seconds=1.0)
+    assert run_state(config, plain_stages=["scratch"]).reused == ["teacher", "scratch", "student"]
+
+    weights.write_bytes(b"other weights")
+    with pytest.raises(ConfigError, match=r"student_model\.weights_digest: .*\(trained into "
+                       r"scratch, student\)"):  # fmt: skip
+        run_state(config, plain_stages=["scratch"])
+    weights.write_bytes(b"first weights")
+    teacher.write_bytes(b"other teacher")
+    with pytest.raises(ConfigError, match=r"teacher_digest: .*\(trained into teacher, scratch"):
+        run_state(config, plain_stages=["scratch"])
