@@ -135,7 +135,7 @@ def wait_for_workers(cluster: Mapping, timeout: float) -> None:
     hello = _hello(index, len(workers))
     start = time.monotonic()
     deadline, note = start + timeout, start + _FIRST_NOTE_SECONDS
-    with _listening(addresses[index][1], workers[index], index) as server:
+    with _listening(addresses[index][1], workers[index], index) as server, _ctrl_c() as pressed:
         while True:
             for i in list(unreached):
                 left = max(deadline - time.monotonic(), 0.05)
@@ -148,6 +148,8 @@ def wait_for_workers(cluster: Mapping, timeout: float) -> None:
                 wait = min(_POLL_SECONDS, max(deadline - time.monotonic(), 0))
                 unheard -= _greeted_by(server, len(workers), wait)
             now = time.monotonic()
+            if pressed:
+                raise KeyboardInterrupt
             if not unreached and not unheard:
                 _log.info("All %d workers started (%.1f s).", len(workers), now - start)
                 return
@@ -334,6 +336,26 @@ def _configure_coordination(timeout: float) -> None:
     # Without the barrier the registration timeout is not applied to the wait for all tasks.
     if "cluster_register_with_barrier" in config.DESCRIPTOR.fields_by_name:
         config.cluster_register_with_barrier = True
+
+
+@contextmanager
+def _ctrl_c():
+    """A list that Ctrl-C (SIGINT) appends to, for the block: the wait raises
+    `KeyboardInterrupt` itself, at a point of its choosing. Python's own handler raises it
+    wherever the main thread is, and when that is a finalizer or a callback (a socket or
+    TensorFlow object collected mid-wait) the exception is printed and dropped, so the worker
+    would keep waiting."""
+    pressed: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield pressed  # a handler of the caller's own (or SIGINT ignored) stays
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager

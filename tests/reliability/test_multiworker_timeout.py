@@ -168,3 +168,18 @@ def test_a_worker_that_never_connects_back_is_named_too():
         f"started but never connected to this worker 0 at {addresses[0]}: "
         f"worker 1 at {addresses[1]}"
     ) in str(error.value)
+
+
+def test_ctrl_c_stops_the_wait_in_process_and_the_handler_is_put_back():
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            wait_for_workers(_cluster(addresses, 0), timeout=30)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 3  # raised by the wait itself, within one round
+    assert signal.getsignal(signal.SIGINT) is before
