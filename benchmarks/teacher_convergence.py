@@ -81,7 +81,8 @@ def main() -> None:
     output = Path(args.output)
     runs = []
     for seed in args.seeds:
-        data = {**base, "seed": seed, "output_dir": str(output / f"seed{seed}")}
+        seeded = {"seeds": [seed]} if args.task == "reid" else {"seed": seed}
+        data = {**base, **seeded, "output_dir": str(output / f"seed{seed}")}
         metrics, seconds, loss = train_teacher(args.task, data)
         runs.append({"seed": seed, "metrics": metrics, "seconds": seconds, "final_loss": loss})
         print(
