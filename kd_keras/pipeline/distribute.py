@@ -344,12 +344,13 @@ def _ctrl_c():
     `KeyboardInterrupt` itself, at a point of its choosing. Python's own handler raises it
     wherever the main thread is, and when that is a finalizer or a callback (a socket or
     TensorFlow object collected mid-wait) the exception is printed and dropped, so the worker
-    would keep waiting."""
+    would keep waiting. It replaces any other handler for the block (a library's handler that
+    only records the signal would leave the worker waiting), and puts it back after."""
     pressed: list[int] = []
     if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     ):
-        yield pressed  # a handler of the caller's own (or SIGINT ignored) stays
+        yield pressed  # only the main thread may set handlers; an ignored SIGINT stays ignored
         return
     previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     try:
