@@ -22,18 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-#: task → (config module, config class, task module, task class, headline metric)
-TASKS = {
-    "detect": ("detection.config", "DetectConfig", "detection.task", "DetectionTask", "AP"),
-    "reid": ("reid.config", "ReIDConfig", "reid.task", "ReIDTask", "mAP"),
-    "classify": (
-        "classification.config",
-        "ClassifyConfig",
-        "classification.task",
-        "ClassificationTask",
-        "accuracy",
-    ),
-}
+#: task → headline metric; each task's config and task classes are those of `recipes.<task>`
+METRICS = {"detect": "AP", "reid": "mAP", "classify": "accuracy"}
 
 
 def train_teacher(task_name: str, data: dict) -> tuple[dict, float, float]:
@@ -43,16 +33,13 @@ def train_teacher(task_name: str, data: dict) -> tuple[dict, float, float]:
     import tf_keras as keras
 
     from kd_keras import config as config_lib
-    from kd_keras.pipeline import Role, Stage
-    from kd_keras.pipeline.sequence import SEED_OFFSETS, prepare
+    from kd_keras.pipeline.sequence import prepare, teacher_stage
 
-    config_module, config_class, task_module, task_class, _ = TASKS[task_name]
-    config_type = getattr(importlib.import_module(config_module), config_class)
-    config = config_lib.from_dict(config_type, data)
-    prepared = prepare(getattr(importlib.import_module(task_module), task_class), config)
-    task, seed = prepared.task, config.seed + SEED_OFFSETS["teacher"]
-    stage = Stage("teacher", Role.TEACHER, config.teacher_epochs, config.learning_rate, seed)
-    keras.utils.set_random_seed(seed)
+    recipe = importlib.import_module(f"recipes.{task_name}").RECIPE
+    config = config_lib.from_dict(recipe.config_class, data)
+    task = prepare(recipe.task_class, config).task
+    stage = teacher_stage(config)
+    keras.utils.set_random_seed(stage.seed)
     model = task.build("teacher", "teacher")
     training = task.plain(model, stage)
     start = time.perf_counter()
@@ -68,7 +55,7 @@ def train_teacher(task_name: str, data: dict) -> tuple[dict, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("task", choices=sorted(METRICS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=V")
     parser.add_argument("--output", default="runs/benchmark_teacher")
@@ -76,7 +63,7 @@ def main() -> None:
 
     from kd_keras import config as config_lib
 
-    metric = TASKS[args.task][-1]
+    metric = METRICS[args.task]
     base = config_lib.apply_overrides({"tracking": {"enabled": False}}, args.overrides)
     output = Path(args.output)
     runs = []

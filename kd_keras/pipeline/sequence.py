@@ -218,16 +218,10 @@ class _Run:
         config, task = self.config, self.task
         teacher, trained = self.given_teacher, None
         if teacher is None:
-            stage = Stage(
-                "teacher",
-                Role.TEACHER,
-                config.teacher_epochs,
-                config.learning_rate,
-                config.seed + SEED_OFFSETS["teacher"],
-            )
+            stage = teacher_stage(config)
 
             def train():
-                keras.utils.set_random_seed(config.seed + SEED_OFFSETS["teacher"])
+                keras.utils.set_random_seed(stage.seed)
                 with self.strategy.scope():
                     model = task.build("teacher", "teacher")
                     training = task.plain(model, stage)
@@ -486,6 +480,18 @@ class _Phases:
         return {**self.last, "seconds": round(self.seconds, 1), **details}
 
 
+def teacher_stage(config) -> Stage:
+    """The stage that trains the teacher when none is given: `teacher_epochs` at
+    `learning_rate`, seeded `seed + SEED_OFFSETS["teacher"]` (its initial weights and batches)."""
+    return Stage(
+        "teacher",
+        Role.TEACHER,
+        config.teacher_epochs,
+        config.learning_rate,
+        config.seed + SEED_OFFSETS["teacher"],
+    )
+
+
 def _student_stage(spec: Student, config) -> Stage:
     return Stage(
         spec.stage,
@@ -503,4 +509,4 @@ def _calibration_batches(images: np.ndarray, count: int = 8) -> list[np.ndarray]
     return np.array_split(images, max(1, min(count, len(images))))
 
 
-__all__ = ["Prepared", "prepare", "run_pipeline"]
+__all__ = ["Prepared", "prepare", "run_pipeline", "teacher_stage"]
