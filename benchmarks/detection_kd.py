@@ -2,6 +2,10 @@
 
     python benchmarks/detection_kd.py [--seeds 0 1 2] [--epochs 30] [--skip-ablation]
     python benchmarks/detection_kd.py --seeds 0 1 2 3 4 --skip-components --unlabeled builtin
+    python benchmarks/detection_kd.py ... --set epochs=60     # any config key
+
+The teacher is the shipped one when it fits the config (`--teacher null` trains one on the
+first seed); every seed distils from that one teacher.
 
 (1) Images/s of the tf.data pipeline alone (read, augment, encode targets) against images/s of a
     training step (scratch student, and the distiller with the teacher's forward pass), measured in
@@ -106,7 +110,7 @@ def ablation(config, seeds, output: Path, components: bool = True) -> dict:
             },
         )
         report = run_pipeline(prepare(DetectionTask, run_config))
-        if teacher_path is None:
+        if teacher_path in (None, "auto"):  # trained (or the built-in one): every seed shares it
             teacher_path = report["artifacts"]["teacher"]
         runs.append({row["model"]: row for row in report["rows"]})
         print(f"seed {seed}: " + ", ".join(f"{k} AP {v['AP']:.3f}" for k, v in runs[-1].items()))
@@ -150,7 +154,13 @@ def main() -> None:
         action="store_true",
         help="per seed, train only the scratch and the fully distilled students",
     )
-    parser.add_argument("--teacher", help="saved .keras teacher for the ablation (default: train)")
+    parser.add_argument(
+        "--teacher",
+        default="auto",
+        help="saved .keras teacher for the ablation, or null to train one (default auto: the "
+        "shipped teacher when it fits the config)",
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=V")
     parser.add_argument("--output", default="runs/benchmark_detection")
     parser.add_argument(
         "--unlabeled",
@@ -163,11 +173,13 @@ def main() -> None:
     from kd_keras import config as config_lib
     from kd_keras.stats import interval_text
 
-    overrides = {"tracking": {"enabled": False}, "teacher": args.teacher}
+    teacher = None if args.teacher in ("null", "none") else args.teacher
+    overrides = {"tracking": {"enabled": False}, "teacher": teacher}
     if args.epochs is not None:
         overrides.update(epochs=args.epochs, teacher_epochs=args.epochs)
     if args.unlabeled:
         overrides.update(unlabeled_data=args.unlabeled, unlabeled_ratio=args.unlabeled_ratio)
+    overrides = config_lib.apply_overrides(overrides, args.overrides)
     config = config_lib.from_dict(DetectConfig, overrides)
     output = Path(args.output)
     result = {}

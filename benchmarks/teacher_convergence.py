@@ -64,7 +64,9 @@ def main() -> None:
     from kd_keras import config as config_lib
 
     metric = METRICS[args.task]
-    base = config_lib.apply_overrides({"tracking": {"enabled": False}}, args.overrides)
+    base = config_lib.apply_overrides(
+        {"tracking": {"enabled": False}, "teacher": None}, args.overrides
+    )
     output = Path(args.output)
     runs = []
     for seed in args.seeds:

@@ -53,6 +53,8 @@ class DetectionTask(Task):
     metric_keys = ("AP", "AP50")
     columns = table_columns(("AP", "AP50", "AP75"))
     methods = (BUDGET, PROGRESSIVE)
+    # `python -m recipes.teacher detect` makes it: the recipe's teacher from seed 0.
+    builtin_teacher_dir = Path(__file__).parent / "teachers"
 
     def __init__(self, config) -> None:
         super().__init__(config)

@@ -18,7 +18,8 @@ Where things are, one hop from here:
                           data), `divergence` (the NaN guard), `distribute` (strategies by
                           name), `determinism` (same seed, same numbers), `settings` (the
                           config sections recipes share), `progress` (stage and epoch lines),
-                          `reporting` (tables, seed means, KD gains)
+                          `reporting` (tables, seed means, KD gains), `builtin_teacher` (the
+                          teachers tasks ship for their built-in data, `teacher: auto`)
     kd_keras.tracking     MLflow runs, the LiteRT pyfunc model, registry aliases, promotion
     kd_keras.config       typed YAML configs: safe loading, overrides, errors naming the key
     kd_keras.stats        paired differences over seeds with confidence intervals, gap closed

@@ -27,7 +27,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, config_name: str) -> None
     temperature, output, MLflow, strategy, restart."""
     parser.add_argument("--config", help=f"YAML config file (keys as in {config_name})")
     parser.add_argument("--data", help="your dataset (default: the built-in one)")
-    parser.add_argument("--teacher", help="saved .keras teacher (default: train one)")
+    parser.add_argument(
+        "--teacher",
+        help="saved .keras teacher, or null to train one (default auto: the shipped teacher "
+        "when it fits the run, else train one)",
+    )
     parser.add_argument("--epochs", type=int, help="epochs of every student")
     parser.add_argument("--temperature", type=float, help="KD temperature (the starting one)")
     parser.add_argument("--schedule", help="temperature schedule: constant, linear, cosine, ...")
@@ -112,7 +116,9 @@ def config_from_args(cls: type[T], args: argparse.Namespace, named: Mapping[str,
 
 
 def _yaml_scalar(value) -> str:
-    return "null" if value == "none" else yaml.safe_dump(value, default_flow_style=True).strip()
+    if value in ("none", "null"):
+        return "null"
+    return yaml.safe_dump(value, default_flow_style=True).strip()
 
 
 def tracking_session(config, task: str):

@@ -21,6 +21,7 @@ from kd_keras.pipeline.divergence import StopOnNonFiniteLoss
 from kd_keras.pipeline.fingerprint import file_digest
 from kd_keras.pipeline.progress import EpochLog, log
 from kd_keras.pipeline.run_state import RunState
+from kd_keras.pipeline.settings import AUTO
 
 
 def fit_resumable(
@@ -82,9 +83,17 @@ _STAGES_CHANGED_BY = (
     ("compress.prune_epochs", ("pruned", "qat")),
     ("compress", _COMPRESSION_STAGES),
 )
-# Keys every student reads but the teacher does not, and KD keys the scratch students ignore.
-_STUDENT_KEYS = ("student_model", "epochs")
-_KD_KEYS = ("distill", "unlabeled_data", "unlabeled_ratio", "unlabeled_files")
+# Keys every student reads but the teacher does not (the method sections only change their own
+# student, but a shipped student may be one of them), and KD keys the scratch students ignore.
+_STUDENT_KEYS = ("student_model", "epochs", "budget", "progressive")
+_KD_KEYS = (
+    "distill",
+    "unlabeled_data",
+    "unlabeled_ratio",
+    "unlabeled_files",
+    "unlabeled_mixup",
+    "builtin_unlabeled",
+)
 
 
 def stage_dependencies(plain_stages: Sequence[str] = ()) -> Callable[[str, str], bool]:
@@ -117,17 +126,19 @@ def run_state(
     data: Mapping | None = None,
     plain_stages: Sequence[str] = (),
     distilled_inputs: Mapping | None = None,
+    teacher_digest: str | None = None,
 ) -> RunState:
     """The finished stages of `config.output_dir`.
 
     Refuses a folder whose finished stages were made with another config (`stage_dependencies`)
     or other data (`data`, the task's `data_fingerprint()`). `distilled_inputs` (the unlabelled
     pool's digest) are compared like KD keys: a change trains the distilled students again. The
-    content of the model files the config names is compared too (`with_model_file_digests`).
+    content of the model files the config names is compared too (`with_model_file_digests`;
+    `teacher_digest` is that of the shipped teacher `teacher: auto` found).
     """
     return RunState(
         config.output_dir,
-        {**with_model_file_digests(config), **(distilled_inputs or {})},
+        {**with_model_file_digests(config, teacher_digest), **(distilled_inputs or {})},
         ignore=RERUN_SAFE_KEYS,
         restart=config.restart,
         data=data,
@@ -135,13 +146,16 @@ def run_state(
     )
 
 
-def with_model_file_digests(config) -> dict:
+def with_model_file_digests(config, teacher_digest: str | None = None) -> dict:
     """`config` as a dict, plus the digest of each model file it names: a given `teacher`
-    (`teacher_digest`) and the `weights` file of `teacher_model` / `student_model`
-    (`<section>.weights_digest`). A file replaced under the same name then counts as a changed
-    key, which retrains the stages that read it (`stage_dependencies`)."""
+    (`teacher_digest`, or the given digest of the teacher `teacher: auto` found) and the
+    `weights` file of `teacher_model` / `student_model` (`<section>.weights_digest`). A file
+    replaced under the same name then counts as a changed key, which retrains the stages that
+    read it (`stage_dependencies`)."""
     data = config_lib.to_dict(config)
-    if data.get("teacher"):
+    if teacher_digest:
+        data["teacher_digest"] = teacher_digest
+    elif data.get("teacher") and data["teacher"] != AUTO:
         data["teacher_digest"] = file_digest(data["teacher"])
     for section in ("teacher_model", "student_model"):
         weights = (data.get(section) or {}).get("weights")

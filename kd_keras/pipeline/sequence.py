@@ -25,8 +25,9 @@ import yaml
 from kd_keras import compress
 from kd_keras import config as config_lib
 from kd_keras.export import check_pixel_input, io_json_path, tflite_latency, to_tflite
-from kd_keras.io import atomic_write_bytes, atomic_write_json
+from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
+from kd_keras.pipeline.builtin_teacher import shipped_teacher
 from kd_keras.pipeline.deploy import write_deploy_bundle
 from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.distribute import make_strategy, worker_index
@@ -40,6 +41,7 @@ from kd_keras.pipeline.resumable import (
     training_record,
 )
 from kd_keras.pipeline.run_state import RunState
+from kd_keras.pipeline.settings import AUTO
 from kd_keras.pipeline.task import Role, Stage, Student, Task, Training
 
 # What each seeded step adds to its seed (`config.seed`, or a student's own `Student.seed`): every
@@ -84,15 +86,23 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
         )
     task = task_class(config)
     task.unlabeled = task.load_unlabeled()
-    teacher = None
-    if config.teacher:
+    teacher, teacher_digest = None, None
+    builtin = shipped_teacher(task, config)
+    if builtin is not None:
+        with strategy.scope():
+            teacher = builtin.load(task.build("teacher", "teacher"))
+        teacher_digest = builtin.record()["weights_digest"]
+        log.info("teacher: the built-in teacher (%s)", builtin.weights)
+    elif config.teacher and config.teacher != AUTO:
         with strategy.scope():
             teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
     if config.compress.camera_input:
         pixel_input_of(task)
     plain = [student.stage for student in task.students() if not student.distilled]
-    state = run_state(config, task.data_fingerprint(), plain, task.unlabeled_fingerprint())
+    state = run_state(
+        config, task.data_fingerprint(), plain, task.unlabeled_fingerprint(), teacher_digest
+    )
     return Prepared(task, teacher, state, config, strategy)
 
 
@@ -229,7 +239,12 @@ class _Run:
 
             path = self.output / "teacher.keras"
             teacher, trained = reuse_or_train(self.state, "teacher", path, train)
-        self.artifacts["teacher"] = str(config.teacher or self.output / "teacher.keras")
+        if config.teacher and config.teacher != AUTO:
+            self.artifacts["teacher"] = str(config.teacher)
+        else:  # trained here, or the built-in teacher: a .keras file like any other
+            if trained is None:
+                atomic_save_model(teacher, self.output / "teacher.keras")
+            self.artifacts["teacher"] = str(self.output / "teacher.keras")
         tflite = self.output / "teacher_float32.tflite"
         to_tflite(task.deployable(teacher), "float32", path=tflite)
         self.artifacts["teacher_tflite"] = str(tflite)

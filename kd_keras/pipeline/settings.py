@@ -184,12 +184,18 @@ class TrackingSettings(ConfigModel):
     register_as: str | None = None
 
 
+#: the `teacher` value that picks the task's shipped teacher when it fits the run, else trains one
+AUTO = "auto"
+
+
 class RunConfig(ConfigModel):
     """The keys `kd_keras.pipeline.run_pipeline` reads, the same in every recipe's config
     (each task's config also has `seed`, or `seeds` and the first as `seed`; its `distill` and
     `compress` sections extend the shared ones).
 
-    `teacher` is a saved `.keras` teacher (`null`: train one for `teacher_epochs`); every
+    `teacher` is a saved `.keras` teacher, `null` (train one for `teacher_epochs`) or `auto`:
+    the task's shipped teacher when the run's teacher settings are those it was made with, else
+    train one (`kd_keras.pipeline.builtin_teacher`); every
     student trains for `epochs` at `learning_rate`. A rerun in `output_dir` reuses the finished
     stages (`restart: true` trains everything again). `latency_runs` LiteRT inferences time each
     model; with `int8_costs` each trained network's row also gets the size and latency of its
@@ -211,7 +217,7 @@ class RunConfig(ConfigModel):
     unlabeled_data: str | None = None
     unlabeled_ratio: float = Field(1.0, gt=0)
     unlabeled_mixup: float = Field(0.0, ge=0)
-    teacher: str | None = None
+    teacher: str | None = AUTO
     teacher_epochs: int = Field(30, ge=1)
     epochs: int = Field(30, ge=1)
     learning_rate: float = Field(0.001, gt=0)
@@ -228,6 +234,7 @@ class RunConfig(ConfigModel):
 
 
 __all__ = [
+    "AUTO",
     "ApplicationBackbone",
     "Backbone",
     "BackboneSettings",

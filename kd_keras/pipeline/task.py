@@ -186,6 +186,8 @@ class Task(abc.ABC):
     calibration_split: str = "train"
     #: also export the uncompressed student with post-training int8, as a reference row.
     ptq_reference: bool = False
+    #: the folder of the teacher the task ships for its built-in data (`teacher: auto`), if any.
+    builtin_teacher_dir: Path | None = None
 
     def __init__(self, config) -> None:
         self.config = config
