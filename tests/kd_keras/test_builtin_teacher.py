@@ -129,6 +129,8 @@ def test_a_run_with_auto_distils_from_the_shipped_teacher_without_training_one(t
 
 def test_the_shipped_detection_teacher_fits_the_default_run_and_its_digest():
     from detection.config import DetectConfig
+    from detection.data.synthetic_shapes import CLASS_NAMES
+    from detection.models import build_detector
     from detection.task import DetectionTask
 
     shipped = BuiltinTeacher(Path(DetectionTask.builtin_teacher_dir))
@@ -136,9 +138,7 @@ def test_the_shipped_detection_teacher_fits_the_default_run_and_its_digest():
     record = shipped.record()
     # A changed default (data, schedule, architecture) needs the teacher made again.
     assert shipped.differences(DetectConfig()) == []
-    assert record["metrics"]["AP"] > 0.3
-    with np.load(shipped.weights, allow_pickle=False) as arrays:
-        assert (
-            sum(arrays[name].size for name in arrays.files if name != "weights.json")
-            == (record["parameters"])
-        )
+    assert record["metrics"]["AP"] > 0.4
+    teacher = build_detector(DetectConfig(), "teacher", len(CLASS_NAMES), "teacher")
+    shipped.load(teacher)  # names, shapes and the recorded digest of every weight
+    assert teacher.count_params() == record["parameters"]
