@@ -1,12 +1,13 @@
 """`python -m recipes.detect`: CenterNet teacher, scratch and distilled students, int8, COCOeval.
 
-With no arguments it generates the built-in shapes-on-photos COCO dataset (if absent), trains a
-teacher, a student from scratch and a distilled student with the same budget, optionally prunes
+With no arguments it generates the built-in shapes-on-photos COCO dataset (if absent), starts
+from the teacher shipped for it (`teacher: auto`; `python -m recipes.teacher detect` makes it),
+trains a student from scratch and a distilled student with the same budget, optionally prunes
 and quantization-aware fine-tunes the distilled student (still distilling; `compress.*`), exports
 it to full-int8 TFLite, scores everything with COCOeval (the int8 model running in LiteRT) and
 prints the table.
-`--data DIR --annotations FILE` trains on a real COCO-format dataset; `--teacher PATH` reuses a
-saved teacher. Every option is also a config key (`--config FILE`, `--set key=value`).
+`--data DIR --annotations FILE` trains on a real COCO-format dataset (and a teacher for it);
+`--teacher PATH` reuses a saved teacher, `--teacher null` trains one. Every option is also a config key (`--config FILE`, `--set key=value`).
 """
 
 from __future__ import annotations

@@ -50,10 +50,20 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 def weights_digest(model: keras.Model) -> str:
     """`sha256:<hex>` over every weight's name, dtype, shape and bytes, in the model's order."""
+    return _digest((weight.name, weight.numpy()) for weight in model.weights)
+
+
+def file_weights_digest(path: str | os.PathLike) -> str:
+    """`weights_digest` of the network a `write_weights` file was written from."""
+    names, arrays = _read(Path(path))
+    return _digest(zip(names, arrays))
+
+
+def _digest(named_arrays) -> str:
     digest = hashlib.sha256()
-    for weight in model.weights:
-        array = np.ascontiguousarray(weight.numpy())
-        digest.update(f"{weight.name}|{array.dtype.str}|{array.shape}\n".encode())
+    for name, array in named_arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
         digest.update(array.tobytes())
     return f"sha256:{digest.hexdigest()}"
 
@@ -83,6 +93,23 @@ def read_weights_into(model: keras.Model, path: str | os.PathLike) -> None:
             are not `model`'s.
     """
     path = Path(path)
+    names, arrays = _read(path)
+    expected = [(weight.name, tuple(weight.shape)) for weight in model.weights]
+    found = [(name, tuple(array.shape)) for name, array in zip(names, arrays)]
+    if expected != found:
+        mismatch = next(
+            (pair for pair in zip(expected, found) if pair[0] != pair[1]),
+            (f"{len(expected)} weights", f"{len(found)} weights"),
+        )
+        raise ModelFileError(
+            f"The teacher weights in {path} are not those of the teacher this config builds: "
+            f"expected {mismatch[0]}, found {mismatch[1]}. Set teacher: null to train one."
+        )
+    model.set_weights(arrays)
+
+
+def _read(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    """The weight names and arrays of a `write_weights` file (no pickles)."""
     try:
         with zipfile.ZipFile(path) as archive:
             index = json.loads(archive.read(_INDEX))
@@ -95,18 +122,7 @@ def read_weights_into(model: keras.Model, path: str | os.PathLike) -> None:
             f"Could not read the teacher weights {path} ({error}). Reinstall kd-keras, or set "
             "teacher: null to train a teacher."
         ) from None
-    expected = [(weight.name, tuple(weight.shape)) for weight in model.weights]
-    found = [(entry["name"], tuple(array.shape)) for entry, array in zip(index, arrays)]
-    if expected != found:
-        mismatch = next(
-            (pair for pair in zip(expected, found) if pair[0] != pair[1]),
-            (f"{len(expected)} weights", f"{len(found)} weights"),
-        )
-        raise ModelFileError(
-            f"The teacher weights in {path} are not those of the teacher this config builds: "
-            f"expected {mismatch[0]}, found {mismatch[1]}. Set teacher: null to train one."
-        )
-    model.set_weights(arrays)
+    return [entry["name"] for entry in index], arrays
 
 
 def teacher_settings(config) -> dict[str, Any]:
@@ -208,6 +224,7 @@ def teacher_record(
 __all__ = [
     "AUTO",
     "BuiltinTeacher",
+    "file_weights_digest",
     "read_weights_into",
     "shipped_teacher",
     "teacher_record",
