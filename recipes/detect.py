@@ -7,7 +7,8 @@ and quantization-aware fine-tunes the distilled student (still distilling; `comp
 it to full-int8 TFLite, scores everything with COCOeval (the int8 model running in LiteRT) and
 prints the table.
 `--data DIR --annotations FILE` trains on a real COCO-format dataset (and a teacher for it);
-`--teacher PATH` reuses a saved teacher, `--teacher null` trains one. Every option is also a config key (`--config FILE`, `--set key=value`).
+`--teacher PATH` reuses a saved teacher, `--teacher null` trains one. Every option is also a
+config key (`--config FILE`, `--set key=value`).
 """
 
 from __future__ import annotations

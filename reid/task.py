@@ -43,6 +43,8 @@ class ReIDTask(Task):
     columns = table_columns(("rank1", "rank5", "mAP"))
     calibration_split = "bounding_box_train"
     ptq_reference = True
+    # `python -m recipes.teacher reid` makes it: the recipe's teacher from seed 0.
+    builtin_teacher_dir = Path(__file__).parent / "teachers"
 
     def __init__(self, config) -> None:
         super().__init__(config)

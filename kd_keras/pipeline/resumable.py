@@ -85,7 +85,8 @@ _STAGES_CHANGED_BY = (
 )
 # Keys every student reads but the teacher does not (the method sections only change their own
 # student, but a shipped student may be one of them), and KD keys the scratch students ignore.
-_STUDENT_KEYS = ("student_model", "epochs", "budget", "progressive")
+# (`steps_per_epoch`: re-id's student epochs; its teacher has `teacher_steps_per_epoch`.)
+_STUDENT_KEYS = ("student_model", "epochs", "steps_per_epoch", "budget", "progressive")
 _KD_KEYS = (
     "distill",
     "unlabeled_data",

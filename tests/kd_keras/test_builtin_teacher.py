@@ -13,6 +13,7 @@ from kd_keras.io import atomic_write_json
 from kd_keras.models.loading import ModelFileError
 from kd_keras.pipeline.builtin_teacher import (
     BuiltinTeacher,
+    file_weights_digest,
     read_weights_into,
     shipped_teacher,
     teacher_record,
@@ -142,3 +143,26 @@ def test_the_shipped_detection_teacher_fits_the_default_run_and_its_digest():
     teacher = build_detector(DetectConfig(), "teacher", len(CLASS_NAMES), "teacher")
     shipped.load(teacher)  # names, shapes and the recorded digest of every weight
     assert teacher.count_params() == record["parameters"]
+
+
+@pytest.mark.parametrize(
+    "task_path, config_path",
+    [
+        ("detection.task.DetectionTask", "detection.config.DetectConfig"),
+        ("reid.task.ReIDTask", "reid.config.ReIDConfig"),
+    ],
+)
+def test_every_shipped_teacher_fits_its_default_run_and_its_digest(task_path, config_path):
+    import importlib
+
+    def load(path):
+        module, name = path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+    shipped = BuiltinTeacher(Path(load(task_path).builtin_teacher_dir))
+    record = shipped.record()
+    assert shipped.differences(load(config_path)()) == [], "run python -m recipes.teacher"
+    assert file_weights_digest(shipped.weights) == record["weights_digest"]
+    with np.load(shipped.weights, allow_pickle=False) as arrays:
+        sizes = [arrays[name].size for name in arrays.files if name != "weights.json"]
+    assert sum(sizes) == record["parameters"]
