@@ -27,7 +27,7 @@ from kd_keras import config as config_lib
 from kd_keras.export import check_pixel_input, io_json_path, tflite_latency, to_tflite
 from kd_keras.io import atomic_save_model, atomic_write_bytes, atomic_write_json
 from kd_keras.models import load_model_file
-from kd_keras.pipeline.builtin_teacher import shipped_teacher
+from kd_keras.pipeline.builtin_teacher import shipped_teacher, weights_digest
 from kd_keras.pipeline.deploy import write_deploy_bundle
 from kd_keras.pipeline.determinism import set_determinism
 from kd_keras.pipeline.distribute import make_strategy, worker_index
@@ -104,6 +104,17 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
         config, task.data_fingerprint(), plain, task.unlabeled_fingerprint(), teacher_digest
     )
     return Prepared(task, teacher, state, config, strategy)
+
+
+def _holds_weights(path: Path, model: keras.Model) -> bool:
+    """Whether the `.keras` file at `path` holds `model`'s weights, bit for bit."""
+    if not path.is_file():
+        return False
+    try:
+        saved = load_model_file(path, option="teacher")
+    except ValueError:
+        return False
+    return weights_digest(saved) == weights_digest(model)
 
 
 def pixel_input_of(task: Task) -> tuple[float, float]:
@@ -242,9 +253,10 @@ class _Run:
         if config.teacher and config.teacher != AUTO:
             self.artifacts["teacher"] = str(config.teacher)
         else:  # trained here, or the built-in teacher: a .keras file like any other
-            if trained is None:
-                atomic_save_model(teacher, self.output / "teacher.keras")
-            self.artifacts["teacher"] = str(self.output / "teacher.keras")
+            path = self.output / "teacher.keras"
+            if trained is None and not _holds_weights(path, teacher):
+                atomic_save_model(teacher, path)  # once: a rerun leaves the file as it is
+            self.artifacts["teacher"] = str(path)
         tflite = self.output / "teacher_float32.tflite"
         to_tflite(task.deployable(teacher), "float32", path=tflite)
         self.artifacts["teacher_tflite"] = str(tflite)

@@ -121,6 +121,12 @@ def test_a_run_with_auto_distils_from_the_shipped_teacher_without_training_one(t
     assert teacher_row["accuracy"] == ShippingToyTask(config).evaluate(teacher)["accuracy"]
     saved = keras.models.load_model(report["artifacts"]["teacher"], compile=False)
     assert weights_digest(saved) == weights_digest(teacher)
+    # A rerun reuses every stage and leaves the saved teacher file as it was, byte for byte.
+    saved_bytes = Path(report["artifacts"]["teacher"]).read_bytes()
+    again = _run(ShippingToyTask, config)
+    assert [row["accuracy"] for row in again["rows"]] == [row["accuracy"] for row in report["rows"]]
+    assert set(again["reused_stages"]) >= {"scratch", "student", "pruned", "qat"}
+    assert Path(again["artifacts"]["teacher"]).read_bytes() == saved_bytes
     # Another teacher setting: the same folder now trains its own teacher.
     trained = _run(ShippingToyTask, _config(tmp_path / "other", teacher_epochs=1))
     state = json.loads((tmp_path / "other" / "run_state.json").read_text())
