@@ -106,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     from kd_keras.pipeline.builtin_teacher import BuiltinTeacher
 
     recipe = importlib.import_module(f"recipes.{args.task}").RECIPE
-    shipped = BuiltinTeacher(Path(args.output or recipe.task_class.builtin_teacher_dir))
-    if not shipped.exists():
-        print(f"No shipped {args.task} teacher in {shipped.directory} to compare with.")
+    folder = args.output or recipe.task_class.builtin_teacher_dir
+    shipped = BuiltinTeacher(Path(folder)) if folder else None
+    if shipped is None or not shipped.exists():
+        where = f"in {folder}" if folder else "(the task ships none; give --output DIR)"
+        print(f"No {args.task} teacher {where} to compare with.")
         return 1
     expected = shipped.record()["weights_digest"]
     with tempfile.TemporaryDirectory() as folder:
