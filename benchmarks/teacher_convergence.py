@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,27 +29,13 @@ def train_teacher(task_name: str, data: dict) -> tuple[dict, float, float]:
     """`(metrics, seconds, final loss)` of one teacher trained as the recipe trains it."""
     import importlib
 
-    import tf_keras as keras
-
     from kd_keras import config as config_lib
-    from kd_keras.pipeline.sequence import prepare, teacher_stage
+    from recipes.teacher import train_teacher as train_recipe_teacher
 
     recipe = importlib.import_module(f"recipes.{task_name}").RECIPE
     config = config_lib.from_dict(recipe.config_class, data)
-    task = prepare(recipe.task_class, config).task
-    stage = teacher_stage(config)
-    keras.utils.set_random_seed(stage.seed)
-    model = task.build("teacher", "teacher")
-    training = task.plain(model, stage)
-    start = time.perf_counter()
-    history = training.model.fit(
-        training.data,
-        epochs=stage.epochs,
-        steps_per_epoch=training.steps_per_epoch,
-        verbose=0,
-    )
-    seconds = time.perf_counter() - start
-    return task.evaluate_teacher(model), seconds, float(history.history["loss"][-1])
+    task, model, seconds, history = train_recipe_teacher(recipe, config)
+    return task.evaluate_teacher(model), seconds, float(history["loss"][-1])
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ TASKS = ("classify", "detect", "reid")
 
 
 def train_teacher(recipe, config):
-    """`(task, model, seconds)`: the recipe's teacher trained from `config` as a run trains it."""
+    """`(task, model, seconds, history)`: the recipe's teacher trained from `config` as a run
+    trains it."""
     import tf_keras as keras
 
     from kd_keras.pipeline.determinism import set_determinism
@@ -46,7 +47,7 @@ def train_teacher(recipe, config):
     model = task.build("teacher", "teacher")
     training = task.plain(model, stage)
     with tempfile.TemporaryDirectory() as checkpoints:
-        seconds, _ = fit_resumable(
+        seconds, history = fit_resumable(
             training.model,
             training.data,
             stage.epochs,
@@ -55,7 +56,7 @@ def train_teacher(recipe, config):
             training.steps_per_epoch,
             stage="teacher",
         )
-    return task, model, seconds
+    return task, model, seconds, history
 
 
 def build(task_name: str, overrides: list[str], output: Path | None) -> tuple[dict, Path]:
@@ -71,7 +72,7 @@ def build(task_name: str, overrides: list[str], output: Path | None) -> tuple[di
     folder = output or recipe.task_class.builtin_teacher_dir
     if folder is None:
         raise SystemExit(f"The {task_name} task ships no teacher: give --output DIR.")
-    task, model, seconds = train_teacher(recipe, config)
+    task, model, seconds, _ = train_teacher(recipe, config)
     metrics = task.evaluate_teacher(model)
     command = " ".join(["python -m recipes.teacher", task_name, *[f"--set {o}" for o in overrides]])
     record = teacher_record(task, config, model, metrics, seconds, command)

@@ -186,9 +186,10 @@ def shipped_teacher(task, config) -> BuiltinTeacher | None:
     else `None` (with `auto`, the log says why a teacher is trained instead)."""
     if config.teacher != AUTO:
         return None
-    directory = getattr(task, "builtin_teacher_dir", None)
-    builtin = BuiltinTeacher(Path(directory)) if directory else None
-    if builtin is None or not builtin.exists():
+    if task.builtin_teacher_dir is None:
+        return None
+    builtin = BuiltinTeacher(Path(task.builtin_teacher_dir))
+    if not builtin.exists():
         return None
     changed = builtin.differences(config)
     if changed:

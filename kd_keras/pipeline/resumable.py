@@ -21,7 +21,7 @@ from kd_keras.pipeline.divergence import StopOnNonFiniteLoss
 from kd_keras.pipeline.fingerprint import file_digest
 from kd_keras.pipeline.progress import EpochLog, log
 from kd_keras.pipeline.run_state import RunState
-from kd_keras.pipeline.settings import AUTO
+from kd_keras.pipeline.settings import teacher_file
 
 
 def fit_resumable(
@@ -156,8 +156,8 @@ def with_model_file_digests(config, teacher_digest: str | None = None) -> dict:
     data = config_lib.to_dict(config)
     if teacher_digest:
         data["teacher_digest"] = teacher_digest
-    elif data.get("teacher") and data["teacher"] != AUTO:
-        data["teacher_digest"] = file_digest(data["teacher"])
+    elif teacher_file(config):
+        data["teacher_digest"] = file_digest(config.teacher)
     for section in ("teacher_model", "student_model"):
         weights = (data.get(section) or {}).get("weights")
         if weights and weights != "imagenet":

@@ -41,7 +41,7 @@ from kd_keras.pipeline.resumable import (
     training_record,
 )
 from kd_keras.pipeline.run_state import RunState
-from kd_keras.pipeline.settings import AUTO
+from kd_keras.pipeline.settings import teacher_file
 from kd_keras.pipeline.task import Role, Stage, Student, Task, Training
 
 # What each seeded step adds to its seed (`config.seed`, or a student's own `Student.seed`): every
@@ -93,7 +93,7 @@ def prepare(task_class: Callable[[Any], Task], config) -> Prepared:
             teacher = builtin.load(task.build("teacher", "teacher"))
         teacher_digest = builtin.record()["weights_digest"]
         log.info("teacher: the built-in teacher (%s)", builtin.weights)
-    elif config.teacher and config.teacher != AUTO:
+    elif teacher_file(config):
         with strategy.scope():
             teacher = load_model_file(config.teacher, option="teacher")
         task.check_teacher(teacher, config.teacher)
@@ -250,7 +250,7 @@ class _Run:
 
             path = self.output / "teacher.keras"
             teacher, trained = reuse_or_train(self.state, "teacher", path, train)
-        if config.teacher and config.teacher != AUTO:
+        if teacher_file(config):
             self.artifacts["teacher"] = str(config.teacher)
         else:  # trained here, or the built-in teacher: a .keras file like any other
             path = self.output / "teacher.keras"

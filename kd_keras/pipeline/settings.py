@@ -188,6 +188,11 @@ class TrackingSettings(ConfigModel):
 AUTO = "auto"
 
 
+def teacher_file(config) -> str | None:
+    """The saved teacher `config.teacher` names, or `None` (`null` or `auto`: none given)."""
+    return None if config.teacher in (None, "", AUTO) else config.teacher
+
+
 class RunConfig(ConfigModel):
     """The keys `kd_keras.pipeline.run_pipeline` reads, the same in every recipe's config
     (each task's config also has `seed`, or `seeds` and the first as `seed`; its `distill` and
@@ -248,4 +253,5 @@ __all__ = [
     "ScheduleName",
     "TrackingSettings",
     "check_backbone",
+    "teacher_file",
 ]
